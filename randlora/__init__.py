@@ -1,0 +1,47 @@
+"""RandLoRA: full-rank parameter-efficient fine-tuning from shared random bases (Albert et al., ICLR 2025).
+
+    import randlora
+    model = randlora.adapt(model, randlora.RandLoRAConfig(r=32, target_modules=["q_proj", "v_proj"]))
+    ...train...
+    randlora.save_adapter(model, "adapter.safetensors")
+
+The same `adapt` takes a `LoRAConfig` or a `FullFinetuneConfig`; RandLoRA's variants are chosen by `impl`
+("eager", "compiled", "sparse").
+"""
+from .checkpoint import load_adapter, read_adapter_config, save_adapter
+from .config import LLAMA_PROJECTIONS, AdapterConfig, FullFinetuneConfig, LoRAConfig, RandLoRAConfig
+from .errors import ConfigError
+from .model import (
+    adapt,
+    adapter_config,
+    adapter_layers,
+    count_trainable,
+    disable_adapters,
+    enable_adapters,
+    merge,
+    trainable_parameters,
+    unmerge,
+)
+from .registry import implementations
+
+__all__ = [
+    "AdapterConfig",
+    "ConfigError",
+    "FullFinetuneConfig",
+    "LLAMA_PROJECTIONS",
+    "LoRAConfig",
+    "RandLoRAConfig",
+    "adapt",
+    "adapter_config",
+    "adapter_layers",
+    "count_trainable",
+    "disable_adapters",
+    "enable_adapters",
+    "implementations",
+    "load_adapter",
+    "merge",
+    "read_adapter_config",
+    "save_adapter",
+    "trainable_parameters",
+    "unmerge",
+]

@@ -1,0 +1,106 @@
+"""The shared random bases of RandLoRA, regenerated from a seed.
+
+One `BasisBank` serves every adapted layer of a model. It is sized to the largest (D, d) any target needs
+(D = max(in, out), d = min(in, out)) and each layer slices its own corner:
+
+    A: (r, d_max)              one matrix shared by all n terms (the paper, §4)
+    B: (D_max, n_max · r)      B_j = B[:, j·r:(j+1)·r], the j-th basis, j = 0..n-1
+
+The bases are generated on the CPU in float32 with `torch.Generator(seed)` (A first, then B) and normalised to
+unit standard deviation, so the same seed gives the same bases on any device and in any dtype. Copies on other
+devices / dtypes are cached, one per (device, dtype), and never saved in a checkpoint.
+
+Distributions (the paper's four):
+    uniform      Kaiming-uniform U(-b, b), the paper's default, then divided by its std.
+    normal       N(0, 1).
+    sparse       ternary {-1, 0, +1} with probabilities {1/s, 1 - 2/s, 1/s}, s = 6, times sqrt(s/2) (unit variance).
+    very_sparse  the same with s = sqrt(D_max). (peft puts 1/(2·sqrt(d)) on each sign instead; we follow the paper.)
+Ternary bases also keep an int8 copy of their signs (`A_sign`, `B_sign`) and the scalar `ternary_scale`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from .config import Basis
+
+TERNARY_S = {"sparse": lambda D: 6.0, "very_sparse": lambda D: math.sqrt(D)}
+
+
+def num_bases(d: int, r: int) -> int:
+    """n = ceil(d / r): enough rank-r terms for the update to reach full rank d."""
+    return -(-d // r)
+
+
+def _ternary(shape: tuple[int, ...], s: float, gen: torch.Generator) -> torch.Tensor:
+    """int8 signs in {-1, 0, +1} with P(-1) = P(+1) = 1/s."""
+    u = torch.rand(shape, generator=gen, dtype=torch.float32)
+    signs = torch.zeros(shape, dtype=torch.int8)
+    signs[u < 1.0 / s] = -1
+    signs[u >= 1.0 - 1.0 / s] = 1
+    return signs
+
+
+def _dense(shape: tuple[int, ...], basis: str, gen: torch.Generator) -> torch.Tensor:
+    if basis == "normal":
+        return torch.randn(shape, generator=gen, dtype=torch.float32)
+    # Kaiming-uniform with a = sqrt(5) on a (rows, cols) matrix: bound = 1 / sqrt(cols).
+    bound = 1.0 / math.sqrt(shape[-1])
+    t = torch.rand(shape, generator=gen, dtype=torch.float32) * (2 * bound) - bound
+    return t / t.std()
+
+
+@dataclass
+class BasisBank:
+    """Shared bases for one model. `A`, `B` are the float32 CPU originals; `get` returns cached device copies."""
+
+    r: int
+    d_max: int
+    D_max: int
+    basis: Basis
+    seed: int
+    A: torch.Tensor = field(init=False, repr=False)  # (r, d_max) float32
+    B: torch.Tensor = field(init=False, repr=False)  # (D_max, n_max * r) float32
+    A_sign: torch.Tensor | None = field(init=False, repr=False, default=None)  # int8, ternary bases only
+    B_sign: torch.Tensor | None = field(init=False, repr=False, default=None)
+    ternary_scale: float = field(init=False, default=1.0)
+    _cache: dict = field(init=False, repr=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.n_max = num_bases(self.d_max, self.r)
+        gen = torch.Generator(device="cpu").manual_seed(self.seed)
+        a_shape, b_shape = (self.r, self.d_max), (self.D_max, self.n_max * self.r)
+        if self.basis in TERNARY_S:
+            s = TERNARY_S[self.basis](self.D_max)
+            self.ternary_scale = math.sqrt(s / 2.0)
+            self.A_sign = _ternary(a_shape, s, gen)
+            self.B_sign = _ternary(b_shape, s, gen)
+            self.A = self.A_sign.to(torch.float32) * self.ternary_scale
+            self.B = self.B_sign.to(torch.float32) * self.ternary_scale
+        else:
+            self.A = _dense(a_shape, self.basis, gen)
+            self.B = _dense(b_shape, self.basis, gen)
+
+    @property
+    def is_ternary(self) -> bool:
+        return self.A_sign is not None
+
+    def get(self, device: torch.device | str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, B) on `device` in `dtype`, created once and cached."""
+        key = (str(torch.device(device)), dtype)
+        if key not in self._cache:
+            self._cache[key] = (self.A.to(device=device, dtype=dtype), self.B.to(device=device, dtype=dtype))
+        return self._cache[key]
+
+    def get_cached(self, key, build):
+        """A per-device derived form of the bases (e.g. a sparse layout), built once by `build()`."""
+        if key not in self._cache:
+            self._cache[key] = build()
+        return self._cache[key]
+
+    def layer_slices(self, A: torch.Tensor, B: torch.Tensor, d: int, D: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The corner a (D, d) layer uses: A[:, :d] (r, d) and B[:D, :n·r] (D, n·r), as views."""
+        n = num_bases(d, self.r)
+        return A[:, :d], B[:D, : n * self.r]

@@ -1,0 +1,166 @@
+"""Adapter configurations: frozen dataclasses, validated on construction.
+
+One config class per method. The method is a class attribute; the variant of a method is its `impl` field.
+`randlora.adapt(model, config)` dispatches on `(config.method, config.impl)` through the registry.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal, get_args
+
+from .errors import ConfigError
+
+RandLoRAImpl = Literal["eager", "compiled", "sparse"]
+LoRAImpl = Literal["eager"]
+FullImpl = Literal["eager"]
+Basis = Literal["uniform", "normal", "sparse", "very_sparse"]
+Contraction = Literal["auto", "tokens", "materialized"]
+ParamDtype = Literal["float32", "model"]
+
+# Names of the projections of a Llama-family decoder block; a convenient default for causal LMs.
+LLAMA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def _check_choice(cls_name: str, name: str, value, literal) -> None:
+    allowed = get_args(literal)
+    if value not in allowed:
+        raise ConfigError(f"{cls_name}.{name} is {value!r}; allowed values are {', '.join(map(repr, allowed))}.")
+
+
+def _as_tuple(value) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    return tuple(value)
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """Fields every method shares.
+
+    target_modules: module names or regular expressions. A pattern selects a module when it equals the module's
+        full name, equals its last component (``q_proj`` selects ``model.layers.0.self_attn.q_proj``), or
+        ``re.fullmatch``-es the full name. Every pattern must select at least one ``nn.Linear``.
+    trainable_modules: modules trained in full next to the adapter in every method (a classification head, a
+        pooler), so that methods are compared on equal terms. Same matching rules; may match any module type.
+    """
+
+    method: ClassVar[str] = ""
+    target_modules: tuple[str, ...] = LLAMA_PROJECTIONS
+    trainable_modules: tuple[str, ...] = ()
+    impl: str = "eager"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "target_modules", _as_tuple(self.target_modules))
+        object.__setattr__(self, "trainable_modules", _as_tuple(self.trainable_modules))
+        for name in ("target_modules", "trainable_modules"):
+            for pattern in getattr(self, name):
+                if not isinstance(pattern, str) or not pattern:
+                    raise ConfigError(f"{type(self).__name__}.{name} must hold non-empty strings, got {pattern!r}.")
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["method"] = self.method
+        return data
+
+    @staticmethod
+    def from_dict(data: dict) -> AdapterConfig:
+        data = dict(data)
+        method = data.pop("method", None)
+        classes = {cls.method: cls for cls in (RandLoRAConfig, LoRAConfig, FullFinetuneConfig)}
+        if method not in classes:
+            raise ConfigError(f"method is {method!r}; allowed values are {', '.join(map(repr, classes))}.")
+        cls = classes[method]
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(
+                f"{cls.__name__} has no field {unknown[0]!r}; allowed fields are {', '.join(sorted(known))}."
+            )
+        for key in ("target_modules", "trainable_modules"):
+            if key in data and isinstance(data[key], list):
+                data[key] = tuple(data[key])
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class RandLoRAConfig(AdapterConfig):
+    """RandLoRA: ΔW = (alpha / r) · Σ_j B_j diag(λ_j) A diag(γ_j), bases shared and regenerated from `seed`."""
+
+    method: ClassVar[str] = "randlora"
+    r: int = 32  # rank of each random basis; n = ceil(d / r) bases make the update full rank
+    alpha: float = 640.0  # scaling = alpha / r (peft's default pairing r=32, alpha=640)
+    impl: RandLoRAImpl = "eager"
+    basis: Basis = "uniform"  # distribution of the shared random bases (the paper's four)
+    seed: int = 0  # the bases are regenerated from this seed on the CPU in float32
+    dropout: float = 0.0  # dropout on the adapter's input path (forces the token contraction when > 0)
+    contraction: Contraction = "auto"  # auto: per call, the cheaper of the two orders by FLOP count
+    param_dtype: ParamDtype = "float32"  # dtype λ and γ are stored in; compute runs in the model's dtype
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        name = type(self).__name__
+        if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r <= 0:
+            raise ConfigError(f"{name}.r is {self.r!r}; it must be a positive integer (the paper uses 4 to 32).")
+        if not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha) or self.alpha <= 0:
+            raise ConfigError(f"{name}.alpha is {self.alpha!r}; it must be a positive finite number.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"{name}.dropout is {self.dropout!r}; it must be in [0, 1).")
+        _check_choice(name, "impl", self.impl, RandLoRAImpl)
+        _check_choice(name, "basis", self.basis, Basis)
+        _check_choice(name, "contraction", self.contraction, Contraction)
+        _check_choice(name, "param_dtype", self.param_dtype, ParamDtype)
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"{name}.seed is {self.seed!r}; it must be a non-negative integer.")
+        if not self.target_modules:
+            raise ConfigError(f"{name}.target_modules is empty; name at least one nn.Linear module or pattern.")
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.r
+
+
+@dataclass(frozen=True)
+class LoRAConfig(AdapterConfig):
+    """LoRA: ΔW = (alpha / r) · B A, A Kaiming-uniform, B zero at start."""
+
+    method: ClassVar[str] = "lora"
+    r: int = 16
+    alpha: float = 32.0
+    impl: LoRAImpl = "eager"
+    dropout: float = 0.0
+    param_dtype: ParamDtype = "float32"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        name = type(self).__name__
+        if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r <= 0:
+            raise ConfigError(f"{name}.r is {self.r!r}; it must be a positive integer.")
+        if not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha) or self.alpha <= 0:
+            raise ConfigError(f"{name}.alpha is {self.alpha!r}; it must be a positive finite number.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"{name}.dropout is {self.dropout!r}; it must be in [0, 1).")
+        _check_choice(name, "impl", self.impl, LoRAImpl)
+        _check_choice(name, "param_dtype", self.param_dtype, ParamDtype)
+        if not self.target_modules:
+            raise ConfigError(f"{name}.target_modules is empty; name at least one nn.Linear module or pattern.")
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.r
+
+
+@dataclass(frozen=True)
+class FullFinetuneConfig(AdapterConfig):
+    """Full fine-tuning: every parameter of the model trains (target_modules is ignored)."""
+
+    method: ClassVar[str] = "full"
+    target_modules: tuple[str, ...] = field(default=())
+    impl: FullImpl = "eager"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_choice(type(self).__name__, "impl", self.impl, FullImpl)

@@ -1,0 +1,156 @@
+"""RandLoRA's math: the update, its two contraction orders, and a backward that recomputes instead of storing.
+
+Notation for one adapted layer with frozen weight W0 of shape (out, in):
+    d = min(in, out), D = max(in, out), n = ceil(d / r), s = alpha / r
+    A  (r, d)      shared random basis          B  (D, n·r)   the n shared random bases B_j side by side
+    λ  (n, r)      trainable, λ_j = diag(Λ_j)   γ  (n, d)     trainable, γ_j = diag(Γ_j)
+
+    As = scaled_A(A, λ, γ)  (n·r, d),  As[j·r + k, c] = λ[j, k] · A[k, c] · γ[j, c]
+    ΔW_Dd = s · B @ As = s · Σ_j B_j diag(λ_j) A diag(γ_j)       (D, d)
+    ΔW = ΔW_Dd if in <= out else ΔW_Ddᵀ                            (out, in)
+
+Forward y = x W0ᵀ + b + x ΔWᵀ, computed in one of two orders (T tokens):
+    tokens:        in <= out:  h = x Asᵀ (T, n·r),  y += s · h Bᵀ
+                   in  > out:  h = x B   (T, n·r),  y += s · h As
+    materialized:  y = x (W0 + ΔW)ᵀ + b,  W0 + ΔW built by one addmm and dropped after use.
+
+Backward, with g = dL/dy (T, out):
+    tokens, in <= out:  gh = s · g B,   dL/dx = g W0 + gh As,   dL/dAs = ghᵀ x
+    tokens, in  > out:  gh = s · g Asᵀ, dL/dx = g W0 + gh Bᵀ,   dL/dAs = s · hᵀ g
+    materialized:       dL/dx = g (W0 + ΔW)  (rebuilt),  G = dL/dΔW_Dd (gᵀx or xᵀg),  dL/dAs = s · Bᵀ G
+    then from dL/dAs (viewed (n, r, d)):
+        dL/dλ[j, k] = Σ_c dAs[j, k, c] · A[k, c] · γ[j, c]
+        dL/dγ[j, c] = Σ_k dAs[j, k, c] · A[k, c] · λ[j, k]
+
+Nothing weight-sized is saved for backward: only x, h (tokens path, in > out: (T, n·r)) and the small λ, γ.
+As and W0 + ΔW are recomputed in backward (peft keeps the scaled (n·r, d) basis of every layer alive instead).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def scaled_A(A: torch.Tensor, lam: torch.Tensor, gam: torch.Tensor) -> torch.Tensor:
+    """As (n·r, d) with As[j·r + k, c] = λ[j, k] · A[k, c] · γ[j, c]."""
+    n, r = lam.shape
+    return (lam.unsqueeze(-1) * A.unsqueeze(0) * gam.unsqueeze(1)).reshape(n * r, A.shape[1])
+
+
+def delta_weight(A, B, lam, gam, scaling: float, in_features: int, out_features: int) -> torch.Tensor:
+    """ΔW (out, in) = s · B @ As, transposed when in > out."""
+    dw = scaling * (B @ scaled_A(A, lam, gam))  # (D, d)
+    return dw if in_features <= out_features else dw.T
+
+
+def scaling_grads(g_As: torch.Tensor, A, lam, gam) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dL/dλ (n, r), dL/dγ (n, d)) from dL/dAs (n·r, d), through one (n, r, d) temporary."""
+    n, r = lam.shape
+    gA = g_As.view(n, r, -1) * A.unsqueeze(0)  # (n, r, d)
+    g_lam = torch.bmm(gA, gam.unsqueeze(-1)).squeeze(-1)  # (n, r)
+    g_gam = torch.bmm(lam.unsqueeze(1), gA).squeeze(1)  # (n, d)
+    return g_lam, g_gam
+
+
+def contraction_flops(tokens: int, in_features: int, out_features: int, rank: int, backward: bool) -> dict[str, int]:
+    """Extra FLOPs over the frozen base matmul for each contraction order (rank = n·r).
+
+    tokens:       forward 2·T·nr·(in + out); backward 2·T·nr·(in + out + d)
+    materialized: forward 2·D·d·nr (build W0 + ΔW); backward 2·D·d·nr (rebuild) + 2·T·D·d (dL/dΔW) + 2·D·d·nr
+    """
+    d, D = min(in_features, out_features), max(in_features, out_features)
+    tokens_fwd = 2 * tokens * rank * (in_features + out_features)
+    tokens_bwd = 2 * tokens * rank * (in_features + out_features + d)
+    mat_fwd = 2 * D * d * rank
+    mat_bwd = 4 * D * d * rank + 2 * tokens * D * d
+    return {
+        "tokens": tokens_fwd + (tokens_bwd if backward else 0),
+        "materialized": mat_fwd + (mat_bwd if backward else 0),
+    }
+
+
+def choose_contraction(tokens: int, in_features: int, out_features: int, rank: int, backward: bool) -> str:
+    """The cheaper order by FLOP count (ties go to the token path, which never builds a weight-sized tensor)."""
+    flops = contraction_flops(tokens, in_features, out_features, rank, backward)
+    return "materialized" if flops["materialized"] < flops["tokens"] else "tokens"
+
+
+def _effective_weight(weight, A, B, lam, gam, scaling):
+    """W0 + ΔW (out, in) in one addmm; a transposed view when in > out."""
+    out_features, in_features = weight.shape
+    As = scaled_A(A, lam, gam)
+    if in_features <= out_features:
+        return torch.addmm(weight, B, As, alpha=scaling)
+    return torch.addmm(weight.T, B, As, alpha=scaling).T
+
+
+class RandLoRALinearFunction(torch.autograd.Function):
+    """y = x W0ᵀ + b + x ΔWᵀ with a recomputing backward (module docstring has the derivation).
+
+    weight / bias may be None: then only the adapter term x ΔWᵀ is returned (token order), which is how dropout
+    on the adapter path is served. All tensors arrive in the compute dtype; the caller casts λ, γ.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, A, B, lam, gam, scaling: float, materialize: bool):
+        x2 = x.reshape(-1, x.shape[-1])
+        d_is_in = x.shape[-1] == A.shape[1]  # the layer's input is its smaller side d (in <= out)
+        h = None
+        if materialize:
+            y = F.linear(x2, _effective_weight(weight, A, B, lam, gam, scaling), bias)
+        else:
+            As = scaled_A(A, lam, gam)
+            y = F.linear(x2, weight, bias) if weight is not None else None
+            if d_is_in:
+                delta = (x2 @ As.T) @ B.T
+            else:
+                h = x2 @ B
+                delta = h @ As
+            y = delta.mul_(scaling) if y is None else y.add_(delta, alpha=scaling)
+        ctx.save_for_backward(x, weight, A, B, lam, gam, h)
+        ctx.scaling, ctx.materialize, ctx.d_is_in = scaling, materialize, d_is_in
+        ctx.has_bias = bias is not None
+        return y.view(*x.shape[:-1], y.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, A, B, lam, gam, h = ctx.saved_tensors
+        s = ctx.scaling
+        x2 = x.reshape(-1, x.shape[-1])
+        g = grad_out.reshape(-1, grad_out.shape[-1])
+        grad_x = grad_w = grad_b = None
+        if ctx.materialize:
+            if ctx.needs_input_grad[0]:
+                grad_x = g @ _effective_weight(weight, A, B, lam, gam, s)
+            G = g.T @ x2 if ctx.d_is_in else x2.T @ g  # dL/dΔW_Dd (D, d)
+            if ctx.needs_input_grad[1]:
+                grad_w = G if ctx.d_is_in else G.T
+            g_As = (B.T @ G).mul_(s)
+        else:
+            As = scaled_A(A, lam, gam)
+            if ctx.d_is_in:
+                gh = (g @ B).mul_(s)
+                if ctx.needs_input_grad[0]:
+                    grad_x = gh @ As
+                g_As = gh.T @ x2
+            else:
+                gh = (g @ As.T).mul_(s)
+                if ctx.needs_input_grad[0]:
+                    grad_x = gh @ B.T
+                g_As = (h.T @ g).mul_(s)
+            if weight is not None:
+                if ctx.needs_input_grad[0]:
+                    grad_x = grad_x.addmm_(g, weight)
+                if ctx.needs_input_grad[1]:
+                    grad_w = g.T @ x2
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = g.sum(0)
+        g_lam, g_gam = scaling_grads(g_As, A, lam, gam)
+        if grad_x is not None:
+            grad_x = grad_x.view(x.shape)
+        return grad_x, grad_w, grad_b, None, None, g_lam, g_gam, None, None
+
+
+def randlora_linear(x, weight, bias, A, B, lam, gam, scaling: float, materialize: bool) -> torch.Tensor:
+    """Functional entry point: A, B are the layer's slices (r, d) and (D, n·r); λ, γ already in x's dtype."""
+    return RandLoRALinearFunction.apply(x, weight, bias, A, B, lam, gam, scaling, materialize)

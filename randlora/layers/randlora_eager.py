@@ -1,0 +1,78 @@
+"""RandLoRA, eager: the reference implementation every other impl is tested against."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..bases import BasisBank, num_bases
+from ..functional import choose_contraction, delta_weight, randlora_linear
+from ..registry import register
+from .base import AdapterLinear, compute_dtype
+
+_PARAM_DTYPES = {"float32": lambda weight: torch.float32, "model": lambda weight: weight.dtype}
+
+
+@register("randlora", "eager")
+class RandLoRALinear(AdapterLinear):
+    """Trainables λ (n, r) = 0 and γ (n, d) = 1/d at start, so ΔW = 0; bases come from the model's shared bank."""
+
+    def __init__(self, base: nn.Linear, config, bank: BasisBank) -> None:
+        super().__init__(base, config)
+        self.d, self.D = min(self.in_features, self.out_features), max(self.in_features, self.out_features)
+        self.r, self.num_bases = config.r, num_bases(self.d, config.r)
+        self.scaling = config.scaling
+        self.bank = bank  # a plain attribute: shared by every layer, never moved by .to() nor saved
+        weight = base.weight
+        dtype = _PARAM_DTYPES[config.param_dtype](weight)
+        self.randlora_lambda = nn.Parameter(torch.zeros(self.num_bases, self.r, device=weight.device, dtype=dtype))
+        self.randlora_gamma = nn.Parameter(
+            torch.full((self.num_bases, self.d), 1.0 / self.d, device=weight.device, dtype=dtype)
+        )
+        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else None
+
+    @classmethod
+    def shared_state(cls, model, config, targets) -> dict:
+        d_max = max(min(m.in_features, m.out_features) for m in targets.values())
+        D_max = max(max(m.in_features, m.out_features) for m in targets.values())
+        bank = BasisBank(r=config.r, d_max=d_max, D_max=D_max, basis=config.basis, seed=config.seed)
+        return {"bank": bank}
+
+    def bases(self, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """This layer's slices A (r, d) and B (D, n·r) on `device` in `dtype`."""
+        A, B = self.bank.get(device, dtype)
+        return self.bank.layer_slices(A, B, self.d, self.D)
+
+    def delta_weight(self) -> torch.Tensor:
+        A, B = self.bases(self.randlora_lambda.device, torch.float32)
+        lam, gam = self.randlora_lambda.float(), self.randlora_gamma.float()
+        return delta_weight(A, B, lam, gam, self.scaling, self.in_features, self.out_features)
+
+    def contraction(self, x: torch.Tensor) -> str:
+        if self.config.contraction != "auto":
+            return self.config.contraction
+        tokens = x.numel() // self.in_features
+        backward = torch.is_grad_enabled() and (x.requires_grad or self.randlora_lambda.requires_grad)
+        return choose_contraction(tokens, self.in_features, self.out_features, self.num_bases * self.r, backward)
+
+    def linear_function(self):
+        """The function computing y = x W0ᵀ + b + x ΔWᵀ; faster impls override this."""
+        return randlora_linear
+
+    def adapted_forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = compute_dtype(x)
+        A, B = self.bases(x.device, dtype)
+        lam, gam = self.randlora_lambda.to(dtype), self.randlora_gamma.to(dtype)
+        weight = self.base.weight.to(dtype)
+        bias = None if self.base.bias is None else self.base.bias.to(dtype)
+        fn = self.linear_function()
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            xc = x.to(dtype)
+            if self.dropout is not None and self.training:
+                base_out = F.linear(xc, weight, bias)
+                return base_out + fn(self.dropout(xc), None, None, A, B, lam, gam, self.scaling, False)
+            materialize = self.contraction(x) == "materialized"
+            return fn(xc, weight, bias, A, B, lam, gam, self.scaling, materialize)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, r={self.r}, num_bases={self.num_bases}, basis={self.bank.basis}"

@@ -1,0 +1,52 @@
+"""Selecting modules by name or regular expression, and swapping them in place."""
+from __future__ import annotations
+
+import re
+
+from torch import nn
+
+from .errors import ConfigError
+
+
+def _matches(pattern: str, name: str) -> bool:
+    if name == pattern or name.rsplit(".", 1)[-1] == pattern:
+        return True
+    try:
+        return re.fullmatch(pattern, name) is not None
+    except re.error:
+        return False
+
+
+def select_modules(model: nn.Module, patterns: tuple[str, ...], field: str, linear_only: bool) -> dict[str, nn.Module]:
+    """Modules whose name matches any pattern, in model order.
+
+    Every pattern must match at least one module, and with `linear_only` every match must be an `nn.Linear`;
+    otherwise a ConfigError names the pattern (or module) and what would be right.
+    """
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ConfigError(f"{field} pattern {pattern!r} is not a valid regular expression ({exc}).") from None
+    named = [(name, module) for name, module in model.named_modules() if name]
+    selected: dict[str, nn.Module] = {}
+    for pattern in patterns:
+        hits = [(name, module) for name, module in named if _matches(pattern, name)]
+        if not hits:
+            linear_names = sorted({n.rsplit(".", 1)[-1] for n, m in named if isinstance(m, nn.Linear)})
+            hint = f"; the model's nn.Linear names are {', '.join(linear_names[:12])}" if linear_names else ""
+            raise ConfigError(f"{field} pattern {pattern!r} matches no module of the model{hint}.")
+        for name, module in hits:
+            if linear_only and not isinstance(module, nn.Linear):
+                raise ConfigError(
+                    f"{field} pattern {pattern!r} selects {name!r}, a {type(module).__name__}; "
+                    "only nn.Linear modules can be adapted, so narrow the pattern to the linear layers."
+                )
+            selected[name] = module
+    return selected
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
