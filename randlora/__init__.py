@@ -11,6 +11,7 @@ The same `adapt` takes a `LoRAConfig` or a `FullFinetuneConfig`; RandLoRA's vari
 from .checkpoint import load_adapter, read_adapter_config, save_adapter
 from .config import LLAMA_PROJECTIONS, AdapterConfig, FullFinetuneConfig, LoRAConfig, RandLoRAConfig
 from .errors import ConfigError
+from .peft_export import export_to_peft
 from .model import (
     adapt,
     adapter_config,
@@ -37,6 +38,7 @@ __all__ = [
     "count_trainable",
     "disable_adapters",
     "enable_adapters",
+    "export_to_peft",
     "implementations",
     "load_adapter",
     "merge",

@@ -4,7 +4,8 @@ One `BasisBank` serves every adapted layer of a model. It is sized to the larges
 (D = max(in, out), d = min(in, out)) and each layer slices its own corner:
 
     A: (r, d_max)              one matrix shared by all n terms (the paper, §4)
-    B: (D_max, n_max · r)      B_j = B[:, j·r:(j+1)·r], the j-th basis, j = 0..n-1
+    B: (D_max, n_max · r)      a layer with n bases uses B[:D, :n·r]; its j-th basis is B_j = B[:D, j:n·r:n]
+                               (k-major pairing, as in peft: see functional.py)
 
 The bases are generated on the CPU in float32 with `torch.Generator(seed)` (A first, then B) and normalised to
 unit standard deviation, so the same seed gives the same bases on any device and in any dtype. Copies on other

@@ -2,12 +2,16 @@
 
 Notation for one adapted layer with frozen weight W0 of shape (out, in):
     d = min(in, out), D = max(in, out), n = ceil(d / r), s = alpha / r
-    A  (r, d)      shared random basis          B  (D, n·r)   the n shared random bases B_j side by side
-    λ  (n, r)      trainable, λ_j = diag(Λ_j)   γ  (n, d)     trainable, γ_j = diag(Γ_j)
+    A  (r, d)      shared random basis          B  (D, r·n)   the shared random bases, side by side
+    λ  (r, n)      trainable, λ[:, j] = diag(Λ_j)   γ  (n, d)  trainable, γ[j] = diag(Γ_j)
 
-    As = scaled_A(A, λ, γ)  (n·r, d),  As[j·r + k, c] = λ[j, k] · A[k, c] · γ[j, c]
-    ΔW_Dd = s · B @ As = s · Σ_j B_j diag(λ_j) A diag(γ_j)       (D, d)
-    ΔW = ΔW_Dd if in <= out else ΔW_Ddᵀ                            (out, in)
+    As = scaled_A(A, λ, γ)  (r·n, d),  As[k·n + j, c] = λ[k, j] · A[k, c] · γ[j, c]     (k-major rows)
+    ΔW_Dd = s · B @ As = s · Σ_j B_j diag(λ_j) A diag(γ_j),   B_j = B[:, j::n]          (D, d)
+    ΔW = ΔW_Dd if in <= out else ΔW_Ddᵀ                                                 (out, in)
+
+The k-major pairing (column c of B meets row k = c // n of A and γ_j with j = c % n) is the one peft's RandLora
+uses (its (r, n, d) scaled basis flattened against its (D, n, r) basis flattened), so with the same A, B, λ, γ
+both compute the same ΔW and adapters export to peft exactly. It is a relabelling of the paper's B_j only.
 
 Forward y = x W0ᵀ + b + x ΔWᵀ, computed in one of two orders (T tokens):
     tokens:        in <= out:  h = x Asᵀ (T, n·r),  y += s · h Bᵀ
@@ -18,9 +22,9 @@ Backward, with g = dL/dy (T, out):
     tokens, in <= out:  gh = s · g B,   dL/dx = g W0 + gh As,   dL/dAs = ghᵀ x
     tokens, in  > out:  gh = s · g Asᵀ, dL/dx = g W0 + gh Bᵀ,   dL/dAs = s · hᵀ g
     materialized:       dL/dx = g (W0 + ΔW)  (rebuilt),  G = dL/dΔW_Dd (gᵀx or xᵀg),  dL/dAs = s · Bᵀ G
-    then from dL/dAs (viewed (n, r, d)):
-        dL/dλ[j, k] = Σ_c dAs[j, k, c] · A[k, c] · γ[j, c]
-        dL/dγ[j, c] = Σ_k dAs[j, k, c] · A[k, c] · λ[j, k]
+    then from dL/dAs (viewed (r, n, d)):
+        dL/dλ[k, j] = Σ_c dAs[k, j, c] · A[k, c] · γ[j, c]
+        dL/dγ[j, c] = Σ_k dAs[k, j, c] · A[k, c] · λ[k, j]
 
 Nothing weight-sized is saved for backward: only x, h (tokens path, in > out: (T, n·r)) and the small λ, γ.
 As and W0 + ΔW are recomputed in backward (peft keeps the scaled (n·r, d) basis of every layer alive instead).
@@ -32,9 +36,9 @@ import torch.nn.functional as F
 
 
 def scaled_A(A: torch.Tensor, lam: torch.Tensor, gam: torch.Tensor) -> torch.Tensor:
-    """As (n·r, d) with As[j·r + k, c] = λ[j, k] · A[k, c] · γ[j, c]."""
-    n, r = lam.shape
-    return (lam.unsqueeze(-1) * A.unsqueeze(0) * gam.unsqueeze(1)).reshape(n * r, A.shape[1])
+    """As (r·n, d) with As[k·n + j, c] = λ[k, j] · A[k, c] · γ[j, c]."""
+    r, n = lam.shape
+    return (lam.unsqueeze(-1) * A.unsqueeze(1) * gam.unsqueeze(0)).reshape(r * n, A.shape[1])
 
 
 def delta_weight(A, B, lam, gam, scaling: float, in_features: int, out_features: int) -> torch.Tensor:
@@ -44,11 +48,11 @@ def delta_weight(A, B, lam, gam, scaling: float, in_features: int, out_features:
 
 
 def scaling_grads(g_As: torch.Tensor, A, lam, gam) -> tuple[torch.Tensor, torch.Tensor]:
-    """(dL/dλ (n, r), dL/dγ (n, d)) from dL/dAs (n·r, d), through one (n, r, d) temporary."""
-    n, r = lam.shape
-    gA = g_As.view(n, r, -1) * A.unsqueeze(0)  # (n, r, d)
-    g_lam = torch.bmm(gA, gam.unsqueeze(-1)).squeeze(-1)  # (n, r)
-    g_gam = torch.bmm(lam.unsqueeze(1), gA).squeeze(1)  # (n, d)
+    """(dL/dλ (r, n), dL/dγ (n, d)) from dL/dAs (r·n, d), through one (r, n, d) temporary."""
+    r, n = lam.shape
+    gA = g_As.view(r, n, -1) * A.unsqueeze(1)  # (r, n, d)
+    g_lam = torch.einsum("knd,nd->kn", gA, gam)  # (r, n)
+    g_gam = torch.einsum("knd,kn->nd", gA, lam)  # (n, d)
     return g_lam, g_gam
 
 

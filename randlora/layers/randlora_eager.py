@@ -15,7 +15,7 @@ _PARAM_DTYPES = {"float32": lambda weight: torch.float32, "model": lambda weight
 
 @register("randlora", "eager")
 class RandLoRALinear(AdapterLinear):
-    """Trainables λ (n, r) = 0 and γ (n, d) = 1/d at start, so ΔW = 0; bases come from the model's shared bank."""
+    """Trainables λ (r, n) = 0 and γ (n, d) = 1/d at start, so ΔW = 0; bases come from the model's shared bank."""
 
     def __init__(self, base: nn.Linear, config, bank: BasisBank) -> None:
         super().__init__(base, config)
@@ -25,7 +25,7 @@ class RandLoRALinear(AdapterLinear):
         self.bank = bank  # a plain attribute: shared by every layer, never moved by .to() nor saved
         weight = base.weight
         dtype = _PARAM_DTYPES[config.param_dtype](weight)
-        self.randlora_lambda = nn.Parameter(torch.zeros(self.num_bases, self.r, device=weight.device, dtype=dtype))
+        self.randlora_lambda = nn.Parameter(torch.zeros(self.r, self.num_bases, device=weight.device, dtype=dtype))
         self.randlora_gamma = nn.Parameter(
             torch.full((self.num_bases, self.d), 1.0 / self.d, device=weight.device, dtype=dtype)
         )

@@ -1,0 +1,68 @@
+"""Export a RandLoRA adapter to peft's RandLora format, so `PeftModel.from_pretrained` can load it.
+
+peft regenerates its bases with its own generator, so the export saves ours (`save_projection=True`), in the
+shapes peft expects: A (r, 1, min_dim) and B (max_dim, n, r), where (max_dim, min_dim) come from the
+element-wise largest (out, in) over the targets. Our bases fill the leading corner and the rest is zero, which
+no layer reads. λ (r, n) and γ (n, d) are stored as peft stores them; the k-major pairing of `functional.py`
+is peft's, so the loaded model computes the same ΔW.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from .bases import num_bases
+from .config import RandLoRAConfig
+from .errors import ConfigError
+from .model import adapter_config, adapter_layers
+
+
+def _peft_bases(layers, config: RandLoRAConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    bank = layers[0][1].bank
+    largest_out = max(layer.out_features for _, layer in layers)
+    largest_in = max(layer.in_features for _, layer in layers)
+    max_dim, min_dim = max(largest_out, largest_in), min(largest_out, largest_in)
+    n = num_bases(min_dim, config.r)
+    A = torch.zeros(config.r, 1, min_dim)
+    A[:, 0, : bank.d_max] = bank.A
+    B = torch.zeros(max_dim, n, config.r)
+    B.view(max_dim, n * config.r)[: bank.D_max, : bank.B.shape[1]] = bank.B
+    return A, B
+
+
+def export_to_peft(model: torch.nn.Module, out_dir: str | os.PathLike) -> Path:
+    """Write `adapter_config.json` and `adapter_model.safetensors` for peft's RandLora into `out_dir`."""
+    config = adapter_config(model)
+    if not isinstance(config, RandLoRAConfig):
+        raise ConfigError(f"only RandLoRA adapters export to peft's RandLora; this model holds a {config.method!r} adapter.")
+    if config.trainable_modules:
+        raise ConfigError("trainable_modules cannot be exported to peft's RandLora yet; export an adapter without them.")
+    try:
+        import peft
+    except ImportError:
+        raise ConfigError("exporting to peft needs peft installed: pip install 'randlora-bench[peft]'.") from None
+    layers = list(adapter_layers(model))
+    A, B = _peft_bases(layers, config)
+    tensors = {"base_model.randlora_A": A, "base_model.randlora_B": B}
+    for name, layer in layers:
+        prefix = f"base_model.model.{name}"
+        tensors[f"{prefix}.randlora_lambda"] = layer.randlora_lambda.detach().float().cpu().contiguous()
+        tensors[f"{prefix}.randlora_gamma"] = layer.randlora_gamma.detach().float().cpu().contiguous()
+        tensors[f"{prefix}.randlora_A"] = A
+        tensors[f"{prefix}.randlora_B"] = B
+    peft_config = peft.RandLoraConfig(
+        r=config.r,
+        randlora_alpha=config.alpha,
+        randlora_dropout=config.dropout,
+        target_modules=[name for name, _ in layers],
+        projection_prng_key=config.seed,
+        save_projection=True,
+    )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    peft_config.save_pretrained(str(out))
+    save_file({k: v.clone() for k, v in tensors.items()}, str(out / "adapter_model.safetensors"))
+    return out
