@@ -104,13 +104,15 @@ class RandLoRALinearFunction(torch.autograd.Function):
             y = F.linear(x2, _effective_weight(weight, A, B, lam, gam, scaling), bias)
         else:
             As = scaled_A(A, lam, gam)
-            y = F.linear(x2, weight, bias) if weight is not None else None
             if d_is_in:
-                delta = (x2 @ As.T) @ B.T
+                h_in, right = x2 @ As.T, B.T  # (T, r·n), (r·n, D)
             else:
-                h = x2 @ B
-                delta = h @ As
-            y = delta.mul_(scaling) if y is None else y.add_(delta, alpha=scaling)
+                h = h_in = x2 @ B  # (T, r·n)
+                right = As  # (r·n, d)
+            if weight is None:
+                y = torch.mm(h_in, right) * scaling
+            else:
+                y = torch.addmm(F.linear(x2, weight, bias), h_in, right, alpha=scaling)
         ctx.save_for_backward(x, weight, A, B, lam, gam, h)
         ctx.scaling, ctx.materialize, ctx.d_is_in = scaling, materialize, d_is_in
         ctx.has_bias = bias is not None
@@ -122,37 +124,36 @@ class RandLoRALinearFunction(torch.autograd.Function):
         s = ctx.scaling
         x2 = x.reshape(-1, x.shape[-1])
         g = grad_out.reshape(-1, grad_out.shape[-1])
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
         grad_x = grad_w = grad_b = None
+        # s multiplies the small dL/dλ, dL/dγ at the end instead of a (T, r·n) or weight-sized tensor here
         if ctx.materialize:
-            if ctx.needs_input_grad[0]:
+            if need_x:
                 grad_x = g @ _effective_weight(weight, A, B, lam, gam, s)
             G = g.T @ x2 if ctx.d_is_in else x2.T @ g  # dL/dΔW_Dd (D, d)
-            if ctx.needs_input_grad[1]:
+            if need_w:
                 grad_w = G if ctx.d_is_in else G.T
-            g_As = (B.T @ G).mul_(s)
+            g_As = B.T @ G
         else:
             As = scaled_A(A, lam, gam)
             if ctx.d_is_in:
-                gh = (g @ B).mul_(s)
-                if ctx.needs_input_grad[0]:
-                    grad_x = gh @ As
-                g_As = gh.T @ x2
+                gh = g @ B  # (T, r·n)
+                left, right, g_As = gh, As, gh.T @ x2
             else:
-                gh = (g @ As.T).mul_(s)
-                if ctx.needs_input_grad[0]:
-                    grad_x = gh @ B.T
-                g_As = (h.T @ g).mul_(s)
-            if weight is not None:
-                if ctx.needs_input_grad[0]:
-                    grad_x = grad_x.addmm_(g, weight)
-                if ctx.needs_input_grad[1]:
-                    grad_w = g.T @ x2
-        if ctx.has_bias and ctx.needs_input_grad[2]:
+                gh = g @ As.T  # (T, r·n)
+                left, right, g_As = gh, B.T, h.T @ g
+            if need_x:
+                grad_x = (
+                    torch.mm(left, right) * s if weight is None else torch.addmm(g @ weight, left, right, alpha=s)
+                )
+            if need_w and weight is not None:
+                grad_w = g.T @ x2
+        if ctx.has_bias and need_b:
             grad_b = g.sum(0)
         g_lam, g_gam = scaling_grads(g_As, A, lam, gam)
         if grad_x is not None:
             grad_x = grad_x.view(x.shape)
-        return grad_x, grad_w, grad_b, None, None, g_lam, g_gam, None, None
+        return grad_x, grad_w, grad_b, None, None, g_lam * s, g_gam * s, None, None
 
 
 def randlora_linear(x, weight, bias, A, B, lam, gam, scaling: float, materialize: bool) -> torch.Tensor:
