@@ -43,7 +43,8 @@ class AdapterConfig:
 
     target_modules: module names or regular expressions. A pattern selects a module when it equals the module's
         full name, equals its last component (``q_proj`` selects ``model.layers.0.self_attn.q_proj``), or
-        ``re.fullmatch``-es the full name. Every pattern must select at least one ``nn.Linear``.
+        ``re.fullmatch``-es the full name. Every pattern must select at least one ``nn.Linear``. The pattern
+        ``"all-linear"`` selects every ``nn.Linear`` but the output layer and the `trainable_modules`.
     trainable_modules: modules trained in full next to the adapter in every method (a classification head, a
         pooler), so that methods are compared on equal terms. Same matching rules; may match any module type.
     """

@@ -27,9 +27,11 @@ def adapt(model: nn.Module, config: AdapterConfig) -> nn.Module:
     if getattr(model, CONFIG_ATTR, None) is not None:
         raise ConfigError("model is already adapted; adapt a fresh model, or load an adapter into this one.")
     impl = lookup(config.method, config.impl)
-    targets = select_modules(model, config.target_modules, "target_modules", linear_only=True) if (
-        config.target_modules and config.method != "full"
-    ) else {}
+    targets = {}
+    if config.target_modules and config.method != "full":
+        targets = select_modules(
+            model, config.target_modules, "target_modules", linear_only=True, exclude=config.trainable_modules
+        )
     extra = select_modules(model, config.trainable_modules, "trainable_modules", linear_only=False)
     for p in model.parameters():
         p.requires_grad_(False)

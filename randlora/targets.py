@@ -17,8 +17,27 @@ def _matches(pattern: str, name: str) -> bool:
         return False
 
 
-def select_modules(model: nn.Module, patterns: tuple[str, ...], field: str, linear_only: bool) -> dict[str, nn.Module]:
+ALL_LINEAR = "all-linear"
+
+
+def _all_linear(model: nn.Module, exclude: tuple[str, ...]) -> list[tuple[str, nn.Module]]:
+    """Every nn.Linear except the output layer (`get_output_embeddings()`) and modules matching `exclude`."""
+    get_output = getattr(model, "get_output_embeddings", None)
+    output = get_output() if callable(get_output) else None
+    return [
+        (name, m)
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Linear) and m is not output and not any(_matches(p, name) for p in exclude)
+    ]
+
+
+def select_modules(
+    model: nn.Module, patterns: tuple[str, ...], field: str, linear_only: bool, exclude: tuple[str, ...] = ()
+) -> dict[str, nn.Module]:
     """Modules whose name matches any pattern, in model order.
+
+    The pattern "all-linear" selects every nn.Linear but the output layer and the modules matching `exclude`
+    (the config's trainable_modules, e.g. a classification head trained in full).
 
     Every pattern must match at least one module, and with `linear_only` every match must be an `nn.Linear`;
     otherwise a ConfigError names the pattern (or module) and what would be right.
@@ -31,7 +50,10 @@ def select_modules(model: nn.Module, patterns: tuple[str, ...], field: str, line
     named = [(name, module) for name, module in model.named_modules() if name]
     selected: dict[str, nn.Module] = {}
     for pattern in patterns:
-        hits = [(name, module) for name, module in named if _matches(pattern, name)]
+        if pattern == ALL_LINEAR:
+            hits = _all_linear(model, exclude)
+        else:
+            hits = [(name, module) for name, module in named if _matches(pattern, name)]
         if not hits:
             linear_names = sorted({n.rsplit(".", 1)[-1] for n, m in named if isinstance(m, nn.Linear)})
             hint = f"; the model's nn.Linear names are {', '.join(linear_names[:12])}" if linear_names else ""

@@ -34,10 +34,10 @@ def reference_delta(A: torch.Tensor, B: torch.Tensor, lam, gam, scaling: float, 
     return dw if in_f <= out_f else dw.T
 
 
-def randomize_(model: nn.Module, seed: int = 0) -> None:
+def randomize_(model: nn.Module, seed: int = 0, scale: float = 1.0) -> None:
     """Fresh random trainables (not the zero init), so that ΔW ≠ 0 and every path is exercised."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.requires_grad and any(k in name for k in ("randlora_", "lora_")):
-                p.copy_(torch.randn(p.shape, generator=gen) * (0.5 if "gamma" in name else 0.2))
+                p.copy_(torch.randn(p.shape, generator=gen) * (0.5 if "gamma" in name else 0.2) * scale)

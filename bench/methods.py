@@ -1,0 +1,184 @@
+"""Registry of the methods a grid can name, each a function that adapts a model.
+
+    full, lora, randlora      this project's `randlora.adapt`, parameters passed to its config classes
+    peft-lora, peft-randlora  peft's LoraConfig / RandLoraConfig, the anchors users would pick instead
+
+Every method sees the same resolved targets (full module names, matched by `randlora`'s rules) and the same
+`trainable` modules (a classification head), so the methods differ only in the adapter.
+A method whose package is missing is reported as skipped by the runner, not as an error.
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import randlora
+from randlora import ConfigError
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    description: str
+    resolve: Callable[[dict], dict]  # params as written -> every param with its default; raises ConfigError
+    adapt: Callable  # (model, params, targets, trainable) -> the model to train
+    uses_targets: bool = True  # full fine-tuning trains everything and ignores the targets
+    requires: str | None = None  # a package that must be importable, else the cell is skipped
+
+    def unavailable_reason(self) -> str | None:
+        if self.requires and importlib.util.find_spec(self.requires) is None:
+            return f"method {self.name!r} needs the {self.requires!r} package, which is not installed (pip install {self.requires})"
+        return None
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(name: str, description: str, resolve: Callable[[dict], dict], **options) -> Callable:
+    def decorate(adapt: Callable) -> Callable:
+        if name in METHODS:
+            raise RuntimeError(f"method {name!r} registered twice")
+        METHODS[name] = Method(name, description, resolve, adapt, **options)
+        return adapt
+
+    return decorate
+
+
+# --- this project's methods ------------------------------------------------------------------------------------
+_CELL_FIELDS = ("target_modules", "trainable_modules")
+
+
+def _project_params(method: str) -> Callable[[dict], dict]:
+    """Validate through the library's own config class, so the harness accepts exactly what `randlora` accepts."""
+
+    def resolve(params: dict) -> dict:
+        for name in _CELL_FIELDS:
+            if name in params:
+                raise ConfigError(f"{name} is set per cell (the 'targets' / 'trainable_modules' fields), not per method.")
+        resolved = randlora.AdapterConfig.from_dict({"method": method, **params}).to_dict()
+        return {k: v for k, v in resolved.items() if k not in _CELL_FIELDS + ("method",)}
+
+    return resolve
+
+
+def _project_adapt(method: str) -> Callable:
+    def adapt(model, params: dict, targets: tuple[str, ...], trainable: tuple[str, ...]):
+        config = randlora.AdapterConfig.from_dict(
+            {"method": method, **params, "target_modules": targets, "trainable_modules": trainable}
+        )
+        return randlora.adapt(model, config)
+
+    return adapt
+
+
+register("full", "full fine-tuning: every parameter trains", _project_params("full"), uses_targets=False)(
+    _project_adapt("full")
+)
+register("lora", "this project's LoRA (r=16, alpha=32 by default)", _project_params("lora"))(_project_adapt("lora"))
+register(
+    "randlora",
+    "this project's RandLoRA; impl eager | compiled | sparse, basis uniform | normal | sparse | very_sparse",
+    _project_params("randlora"),
+)(_project_adapt("randlora"))
+
+
+# --- peft's methods ---------------------------------------------------------------------------------------------
+def _check_positive_int(name: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"{name} is {value!r}; it must be a positive integer.")
+
+
+def _check_positive_number(name: str, value) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{name} is {value!r}; it must be a positive finite number.")
+
+
+def _check_fraction(name: str, value) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
+        raise ConfigError(f"{name} is {value!r}; it must be a number in [0, 1).")
+
+
+def _peft_params(method: str, defaults: dict, checks: dict[str, Callable]) -> Callable[[dict], dict]:
+    def resolve(params: dict) -> dict:
+        unknown = sorted(set(params) - set(defaults))
+        if unknown:
+            raise ConfigError(
+                f"{method} has no parameter {unknown[0]!r}; allowed parameters are {', '.join(sorted(defaults))}."
+            )
+        resolved = {**defaults, **params}
+        for name, check in checks.items():
+            check(f"{method}.{name}", resolved[name])
+        return resolved
+
+    return resolve
+
+
+def _check_peft_basis(name: str, value) -> None:
+    allowed = ("uniform", "sparse", "very_sparse")
+    if value not in allowed:
+        raise ConfigError(f"{name} is {value!r}; allowed values are {', '.join(map(repr, allowed))}.")
+
+
+@register(
+    "peft-lora",
+    "peft's LoraConfig (r=16, alpha=32 by default; adapters in float32, peft's default)",
+    _peft_params(
+        "peft-lora",
+        {"r": 16, "alpha": 32, "dropout": 0.0},
+        {"r": _check_positive_int, "alpha": _check_positive_number, "dropout": _check_fraction},
+    ),
+    requires="peft",
+)
+def _peft_lora(model, params: dict, targets: tuple[str, ...], trainable: tuple[str, ...]):
+    import peft
+
+    config = peft.LoraConfig(
+        r=params["r"],
+        lora_alpha=params["alpha"],
+        lora_dropout=params["dropout"],
+        target_modules=list(targets),
+        modules_to_save=list(trainable) or None,
+    )
+    return peft.get_peft_model(model, config)
+
+
+@register(
+    "peft-randlora",
+    "peft's RandLoraConfig (r=32, alpha=640 by default); basis uniform | sparse | very_sparse",
+    _peft_params(
+        "peft-randlora",
+        {"r": 32, "alpha": 640, "dropout": 0.0, "basis": "uniform", "seed": 0},
+        {"r": _check_positive_int, "alpha": _check_positive_number, "dropout": _check_fraction, "basis": _check_peft_basis},
+    ),
+    requires="peft",
+)
+def _peft_randlora(model, params: dict, targets: tuple[str, ...], trainable: tuple[str, ...]):
+    import peft
+
+    config = peft.RandLoraConfig(
+        r=params["r"],
+        randlora_alpha=params["alpha"],
+        randlora_dropout=params["dropout"],
+        sparse=params["basis"] == "sparse",
+        very_sparse=params["basis"] == "very_sparse",
+        projection_prng_key=params["seed"],
+        target_modules=list(targets),
+        modules_to_save=list(trainable) or None,
+    )
+    return peft.get_peft_model(model, config)
+
+
+def resolve_modules(model, patterns: tuple[str, ...], field: str, linear_only: bool) -> tuple[str, ...]:
+    """Full names of the modules `patterns` select, by `randlora`'s matching rules, so peft sees the same modules."""
+    from randlora.targets import select_modules
+
+    return tuple(select_modules(model, patterns, field, linear_only=linear_only))
+
+
+def lookup(name: str) -> Method:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ConfigError(f"method is {name!r}; allowed values are {', '.join(map(repr, METHODS))}.") from None

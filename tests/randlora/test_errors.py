@@ -1,0 +1,63 @@
+"""Bad input gets one sentence naming the field and what would be right."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import randlora
+
+from .helpers import TinyMLP
+
+
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda: randlora.RandLoRAConfig(r=0), r"RandLoRAConfig\.r is 0; it must be a positive integer"),
+        (lambda: randlora.RandLoRAConfig(r=-3), r"RandLoRAConfig\.r is -3"),
+        (lambda: randlora.LoRAConfig(r=0), r"LoRAConfig\.r is 0"),
+        (lambda: randlora.RandLoRAConfig(impl="fast"), r"impl is 'fast'; allowed values are 'eager', 'compiled', 'sparse'"),
+        (lambda: randlora.RandLoRAConfig(basis="gauss"), r"basis is 'gauss'; allowed values are 'uniform', 'normal', 'sparse', 'very_sparse'"),
+        (lambda: randlora.RandLoRAConfig(alpha=float("nan")), r"alpha is nan"),
+        (lambda: randlora.RandLoRAConfig(dropout=1.0), r"dropout is 1.0; it must be in \[0, 1\)"),
+        (lambda: randlora.AdapterConfig.from_dict({"method": "dora"}), r"method is 'dora'; allowed values are"),
+        (lambda: randlora.AdapterConfig.from_dict({"method": "lora", "rank": 4}), r"LoRAConfig has no field 'rank'"),
+    ],
+)
+def test_bad_config_names_the_field_and_allowed_values(make, match):
+    with pytest.raises(randlora.ConfigError, match=match):
+        make()
+
+
+def test_pattern_matching_nothing_is_an_error_listing_the_linear_names():
+    with pytest.raises(randlora.ConfigError, match=r"target_modules pattern 'q_proj' matches no module.*down, head, mid, up"):
+        randlora.adapt(TinyMLP(), randlora.RandLoRAConfig(target_modules=["q_proj"]))
+
+
+def test_non_linear_target_is_an_error():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    with pytest.raises(randlora.ConfigError, match=r"selects '1', a LayerNorm; only nn.Linear modules can be adapted"):
+        randlora.adapt(model, randlora.LoRAConfig(target_modules=["1"]))
+
+
+def test_invalid_regex_is_an_error():
+    with pytest.raises(randlora.ConfigError, match=r"not a valid regular expression"):
+        randlora.adapt(TinyMLP(), randlora.LoRAConfig(target_modules=["up("]))
+
+
+def test_adapting_twice_is_an_error():
+    model = randlora.adapt(TinyMLP(), randlora.LoRAConfig(target_modules=["up"]))
+    with pytest.raises(randlora.ConfigError, match="already adapted"):
+        randlora.adapt(model, randlora.LoRAConfig(target_modules=["up"]))
+
+
+def test_regex_selects_by_full_name():
+    model = randlora.adapt(TinyMLP(), randlora.LoRAConfig(target_modules=[r"(up|down)"]))
+    assert sorted(name for name, _ in randlora.adapter_layers(model)) == ["down", "up"]
+
+
+def test_loading_an_adapter_into_another_architecture_is_an_error(tmp_path):
+    model = randlora.adapt(TinyMLP(), randlora.RandLoRAConfig(r=4, target_modules=["up"]))
+    path = randlora.save_adapter(model, tmp_path / "a.safetensors")
+    other = torch.nn.Sequential(torch.nn.Linear(3, 3))
+    with pytest.raises(randlora.ConfigError):
+        randlora.load_adapter(other, path)
