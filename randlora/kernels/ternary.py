@@ -11,9 +11,10 @@ A `TernaryMatrix` never holds S in a float dtype for longer than one product. It
 Which one wins is a question of density ρ = nnz / (M·K). On an H200, bf16 tensor cores deliver ~790 TFLOP/s,
 i.e. ~400 T multiply-adds/s, while the gather is bound by L1/L2 bandwidth at ~8-16 TB/s, i.e. ~4-8 T gathered
 bf16 elements/s: a gathered element costs as much as `GATHER_COST` ≈ 50-100 dense multiply-adds, so the gather
-pays only below ρ ≈ 1-2 %. That is `very_sparse` on large layers (ρ = 2/sqrt(D_max): 1.7 % at D_max = 14336),
-never `sparse` (ρ = 1/3). bench_scripts/sparse_gpu_check.py measures the constant; `cost_factor` exposes the
-resulting time of a product relative to the dense matmul, for the caller's choice of contraction order.
+pays only below ρ ≈ 1-2 %. That is `very_sparse` on the largest bases at best (ρ = 2/sqrt(D_max): 3.1 % at
+D_max = 4096, 1.7 % at 14336 (about break-even), 1.2 % at 28672), never `sparse` (ρ = 1/3: zeros cannot beat
+tensor cores there, only exact ±1 decoding and int8 storage help). bench_scripts/sparse_gpu_check.py measures the
+constant; `cost_factor` is a product's resulting time relative to the dense matmul, for the choice of orders.
 
 Storage: the signs stay int8 (1 byte per entry); the ELL lists store ±(column + 1) in int16 when the column count
 allows (2 bytes per non-zero), 0 for padding, rows padded to the longest row rounded up to `ELL_PAD`.
@@ -35,6 +36,9 @@ except ImportError:  # CPU-only installs: the dense engine still works, the gath
 # gather engine is chosen when GATHER_COST · density < 1. An estimate: recalibrate from the GPU check's output.
 GATHER_COST = 60.0
 ELL_PAD = 16  # rows padded to a multiple of the kernel's slot chunk, so no chunk reads past a row
+# (BLOCK_M, BLOCK_N, SLOTS, num_warps) of the gather kernel: 64 bf16 columns = one 128-byte line per gathered row;
+# SLOTS (a divisor of ELL_PAD) non-zeros per row in flight. Untuned guesses: the GPU check sweeps alternatives.
+GATHER_TILE = (32, 64, 4, 4)
 Engine = Literal["auto", "dense", "gather"]
 
 
@@ -101,7 +105,7 @@ if triton is not None:
 
 
 def ell_matmul(ell: Ell, X: torch.Tensor, alpha: float, add: torch.Tensor | None = None,
-               out: torch.Tensor | None = None) -> torch.Tensor:
+               out: torch.Tensor | None = None, tile: tuple[int, int, int, int] = GATHER_TILE) -> torch.Tensor:
     """add + alpha · S @ X for S given by `ell` (M, K) and X (K, N); `out` (M, N) may be `add` (in place).
 
     Any strides work; rows of X should be contiguous (each gather reads a run of N elements). fp32 accumulation.
@@ -109,7 +113,7 @@ def ell_matmul(ell: Ell, X: torch.Tensor, alpha: float, add: torch.Tensor | None
     M, N = ell.entries.shape[0], X.shape[1]
     if out is None:
         out = torch.empty(M, N, dtype=X.dtype, device=X.device)
-    block_m, block_n, slots = 32, 64, 4
+    block_m, block_n, slots, num_warps = tile
     grid = (triton.cdiv(M, block_m), triton.cdiv(N, block_n))  # row blocks vary fastest: co-running tiles share X
     a = add if add is not None else out  # a placeholder pointer when HAS_ADD is off
     _ell_matmul_kernel[grid](
@@ -117,7 +121,7 @@ def ell_matmul(ell: Ell, X: torch.Tensor, alpha: float, add: torch.Tensor | None
         M, N, ell.entries.shape[1],
         X.stride(0), X.stride(1), a.stride(0), a.stride(1), out.stride(0), out.stride(1),
         float(alpha),
-        HAS_ADD=add is not None, BLOCK_M=block_m, BLOCK_N=block_n, SLOTS=slots, num_warps=4,
+        HAS_ADD=add is not None, BLOCK_M=block_m, BLOCK_N=block_n, SLOTS=slots, num_warps=num_warps,
     )
     return out
 
@@ -141,7 +145,7 @@ class TernaryMatrix:
     def build(signs: torch.Tensor, scale: float, engine: Engine = "auto") -> TernaryMatrix:
         density = int(torch.count_nonzero(signs)) / max(signs.numel(), 1)
         if engine == "auto":
-            engine = "gather" if triton is not None and GATHER_COST * density < 1.0 else "dense"
+            engine = "gather" if signs.is_cuda and triton is not None and GATHER_COST * density < 1.0 else "dense"
         if engine == "gather":
             return TernaryMatrix(signs, scale, engine, density, Ell.from_signs(signs), Ell.from_signs(signs.T))
         return TernaryMatrix(signs, scale, engine, density)
@@ -165,8 +169,8 @@ class TernaryMatrix:
             return ell_matmul(self.cols if transpose else self.rows, X, alpha, add, add if inplace else None)
         S = self.signs.to(X.dtype)  # the transient decode: exact, since ±1 and 0 are exact in every float dtype
         S = S.T if transpose else S
-        if add is None:
-            return torch.mm(S, X).mul_(alpha)
+        if add is None:  # beta = 0: the empty input is never read, alpha rides in cuBLAS's epilogue
+            return torch.addmm(X.new_empty(S.shape[0], X.shape[1]), S, X, beta=0, alpha=alpha)
         if inplace:
             return add.addmm_(S, X, alpha=alpha)
         return torch.addmm(add, S, X, alpha=alpha)
