@@ -62,7 +62,9 @@ class RandLoRALinear(AdapterLinear):
     def adapted_forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = compute_dtype(x)
         A, B = self.bases(x.device, dtype)
-        lam, gam = self.randlora_lambda.to(dtype), self.randlora_gamma.to(dtype)
+        # s folds into the small λ (r, n): the function then runs with scaling 1, so a compiled graph does not
+        # specialise on s, and no extra pass over a large tensor is spent on it.
+        lam, gam = (self.randlora_lambda * self.scaling).to(dtype), self.randlora_gamma.to(dtype)
         weight = self.base.weight.to(dtype)
         bias = None if self.base.bias is None else self.base.bias.to(dtype)
         fn = self.linear_function()
@@ -70,9 +72,9 @@ class RandLoRALinear(AdapterLinear):
             xc = x.to(dtype)
             if self.dropout is not None and self.training:
                 base_out = F.linear(xc, weight, bias)
-                return base_out + fn(self.dropout(xc), None, None, A, B, lam, gam, self.scaling, False)
+                return base_out + fn(self.dropout(xc), None, None, A, B, lam, gam, 1.0, False)
             materialize = self.contraction(x) == "materialized"
-            return fn(xc, weight, bias, A, B, lam, gam, self.scaling, materialize)
+            return fn(xc, weight, bias, A, B, lam, gam, 1.0, materialize)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, r={self.r}, num_bases={self.num_bases}, basis={self.bank.basis}"
