@@ -33,12 +33,14 @@ except ImportError:  # CPU-only installs: the dense engine still works, the gath
     triton = None
 
 # Time of one gathered element in units of one dense tensor-core multiply-add (see the module docstring); the
-# gather engine is chosen when GATHER_COST · density < 1. An estimate: recalibrate from the GPU check's output.
-GATHER_COST = 60.0
+# gather engine is chosen when GATHER_COST · density < 1. Measured on an H200 (bench_scripts/sparse_gpu_check.py,
+# reports/layers-h200/sparse_gpu_check.log): median 103 over the very_sparse products, so the gather only pays
+# below ~1 % non-zeros.
+GATHER_COST = 100.0
 ELL_PAD = 16  # rows padded to a multiple of the kernel's slot chunk, so no chunk reads past a row
 # (BLOCK_M, BLOCK_N, SLOTS, num_warps) of the gather kernel: 64 bf16 columns = one 128-byte line per gathered row;
-# SLOTS (a divisor of ELL_PAD) non-zeros per row in flight. Untuned guesses: the GPU check sweeps alternatives.
-GATHER_TILE = (32, 64, 4, 4)
+# SLOTS (a divisor of ELL_PAD) non-zeros per row in flight. (16, 64, 8, 4) was the fastest of five tiles on an H200.
+GATHER_TILE = (16, 64, 8, 4)
 Engine = Literal["auto", "dense", "gather"]
 
 
