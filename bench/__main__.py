@@ -1,4 +1,5 @@
 """`python -m bench`: the command line (see `bench.cli`)."""
+
 import sys
 
 from .cli import main

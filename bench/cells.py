@@ -4,6 +4,7 @@ Every field a grid may set is declared once in `FIELDS` with its default, its ch
 A cell is identified by the SHA-256 of its resolved fields (all but `timeout_s`, which changes how long we wait,
 not what is measured), so the same configuration gets the same result file in every run and on every machine.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -12,6 +13,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
+import randlora
 from randlora import ConfigError
 
 from . import methods, presets
@@ -63,7 +65,9 @@ def _patterns(value) -> tuple[str, ...] | None:
     if value is None:
         return None
     if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
-        raise FieldError(f"is {value!r}; it must be a non-empty list of module names or patterns, or null for the model's default.")
+        raise FieldError(
+            f"is {value!r}; it must be a non-empty list of module names or patterns, or null for the model's default."
+        )
     return tuple(value)
 
 
@@ -89,9 +93,10 @@ class MethodSpec:
         return dict(self.params)
 
     def label(self) -> str:
-        """'randlora.compiled r=32' : the impl after a dot, then r when the method has one."""
+        """'randlora.compiled r=32': the impl after a dot where the method has several, then r where it has one."""
         kw = self.kwargs
-        text = self.name + (f".{kw['impl']}" if "impl" in kw and self.name != "full" else "")
+        several = sum(method == self.name for method, _ in randlora.implementations()) > 1
+        text = self.name + (f".{kw['impl']}" if several else "")
         extras = [f"r={kw['r']}"] if "r" in kw else []
         extras += [f"basis={kw['basis']}"] if kw.get("basis", "uniform") != "uniform" else []
         return " ".join([text, *extras])
@@ -117,6 +122,8 @@ def method_spec(value) -> MethodSpec:
 
 @dataclass(frozen=True)
 class Field:
+    """A grid field: its default, its check (returns the normalised value or raises FieldError), what it means."""
+
     default: Any
     check: Callable[[Any], Any]
     doc: str
@@ -135,17 +142,24 @@ FIELDS: dict[str, Field] = {
     "task": Field("throughput", _choice(lambda: tuple(TASKS)), "what the cell trains on"),
     "compile": Field(False, _boolean, "torch.compile the whole model (what a user would try first)"),
     "targets": Field(None, _patterns, "modules the adapters wrap; null: the preset's default", list_valued=True),
-    "trainable_modules": Field(None, _patterns, "modules trained in full by every method; null: the preset's", list_valued=True),
+    "trainable_modules": Field(
+        None, _patterns, "modules trained in full by every method; null: the preset's", list_valued=True
+    ),
     "lr": Field(1e-4, _positive_number, "AdamW learning rate"),
     "device": Field("auto", _choice(lambda: DEVICES), "auto: the GPU the runner assigns, else the CPU"),
     "trust_remote_code": Field(False, _boolean, "for hf: models only; runs code from the model's repository"),
-    "inject": Field("none", _choice(lambda: INJECTIONS), "a deliberate fault at the first step: oom, error, nan loss, hang"),
+    "inject": Field(
+        "none", _choice(lambda: INJECTIONS), "a deliberate fault at the first step: oom, error, nan loss, hang"
+    ),
     "timeout_s": Field(1800.0, _positive_number, "the cell's process is killed after this many seconds"),
 }
 
 
 @dataclass(frozen=True)
 class Cell:
+    """The fields of FIELDS, checked and resolved: the model's default targets filled in, a ViT's seq_len set to
+    its patch count. What each field means is in FIELDS (and `python -m bench list fields`)."""
+
     model: str
     method: MethodSpec
     precision: str
@@ -171,7 +185,7 @@ class Cell:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Cell":
+    def from_dict(cls, data: dict) -> Cell:
         """The inverse of `to_dict` (a result file or a child's spec back to a Cell)."""
         data = dict(data)
         method = dict(data.pop("method"))
@@ -201,8 +215,21 @@ class Cell:
         return " ".join(parts)
 
 
+def _canonical(value):
+    """640.0 and 640 are the same setting: integral floats hash as integers."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    return value
+
+
 def stable_hash(data: dict) -> str:
-    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    """The first HASH_CHARS hex digits of the SHA-256 of `data` as canonical JSON (sorted keys, integral floats as
+    integers), the same in every process and on every machine."""
+    text = json.dumps(_canonical(data), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:HASH_CHARS]
 
 
@@ -219,11 +246,18 @@ def resolve(values: dict) -> Cell:
     if preset is not None:
         limit = preset.max_seq_len()
         if limit is not None and seq_len > limit:
-            raise FieldError(f"seq_len {seq_len} exceeds the {limit} positions of model {preset.name!r}.")
+            raise FieldError(
+                f"seq_len {seq_len} exceeds the {limit} positions of model {preset.name!r}; "
+                "lower seq_len or exclude the combination."
+            )
         seq_len = preset.tokens_per_sample(seq_len)  # image models: the patch count, whatever the grid says
+    uses_targets = methods.METHODS[values["method"].name].uses_targets
     return Cell(
-        **{**values, "seq_len": seq_len},
-        targets=targets if methods.METHODS[values["method"].name].uses_targets else (),
-        trainable_modules=trainable,
-        trust_remote_code=values["trust_remote_code"] and presets.is_hf(values["model"]),
+        **{
+            **values,
+            "seq_len": seq_len,
+            "targets": targets if uses_targets else (),
+            "trainable_modules": trainable,
+            "trust_remote_code": values["trust_remote_code"] and presets.is_hf(values["model"]),
+        }
     )

@@ -1,4 +1,5 @@
 """The one error a user of the harness should see: bad input, said in one sentence, exit code 2."""
+
 from __future__ import annotations
 
 

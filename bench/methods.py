@@ -7,6 +7,7 @@ Every method sees the same resolved targets (full module names, matched by `rand
 `trainable` modules (a classification head), so the methods differ only in the adapter.
 A method whose package is missing is reported as skipped by the runner, not as an error.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -29,7 +30,10 @@ class Method:
 
     def unavailable_reason(self) -> str | None:
         if self.requires and importlib.util.find_spec(self.requires) is None:
-            return f"method {self.name!r} needs the {self.requires!r} package, which is not installed (pip install {self.requires})"
+            return (
+                f"method {self.name!r} needs the {self.requires!r} package, which is not installed "
+                f"(pip install {self.requires})"
+            )
         return None
 
 
@@ -56,7 +60,9 @@ def _project_params(method: str) -> Callable[[dict], dict]:
     def resolve(params: dict) -> dict:
         for name in _CELL_FIELDS:
             if name in params:
-                raise ConfigError(f"{name} is set per cell (the 'targets' / 'trainable_modules' fields), not per method.")
+                raise ConfigError(
+                    f"{name} is set per cell (the 'targets' / 'trainable_modules' fields), not per method."
+                )
         resolved = randlora.AdapterConfig.from_dict({"method": method, **params}).to_dict()
         return {k: v for k, v in resolved.items() if k not in _CELL_FIELDS + ("method",)}
 
@@ -73,15 +79,16 @@ def _project_adapt(method: str) -> Callable:
     return adapt
 
 
-register("full", "full fine-tuning: every parameter trains", _project_params("full"), uses_targets=False)(
-    _project_adapt("full")
-)
-register("lora", "this project's LoRA (r=16, alpha=32 by default)", _project_params("lora"))(_project_adapt("lora"))
-register(
-    "randlora",
-    "this project's RandLoRA; impl eager | compiled | sparse, basis uniform | normal | sparse | very_sparse",
-    _project_params("randlora"),
-)(_project_adapt("randlora"))
+for _name, _description, _options in (
+    ("full", "full fine-tuning: every parameter trains", {"uses_targets": False}),
+    ("lora", "this project's LoRA (r=16, alpha=32 by default)", {}),
+    (
+        "randlora",
+        "this project's RandLoRA; impl eager | compiled | sparse, basis uniform | normal | sparse | very_sparse",
+        {},
+    ),
+):
+    register(_name, _description, _project_params(_name), **_options)(_project_adapt(_name))
 
 
 # --- peft's methods ---------------------------------------------------------------------------------------------
@@ -150,7 +157,12 @@ def _peft_lora(model, params: dict, targets: tuple[str, ...], trainable: tuple[s
     _peft_params(
         "peft-randlora",
         {"r": 32, "alpha": 640, "dropout": 0.0, "basis": "uniform", "seed": 0},
-        {"r": _check_positive_int, "alpha": _check_positive_number, "dropout": _check_fraction, "basis": _check_peft_basis},
+        {
+            "r": _check_positive_int,
+            "alpha": _check_positive_number,
+            "dropout": _check_fraction,
+            "basis": _check_peft_basis,
+        },
     ),
     requires="peft",
 )
@@ -170,15 +182,9 @@ def _peft_randlora(model, params: dict, targets: tuple[str, ...], trainable: tup
     return peft.get_peft_model(model, config)
 
 
-def resolve_modules(model, patterns: tuple[str, ...], field: str, linear_only: bool) -> tuple[str, ...]:
-    """Full names of the modules `patterns` select, by `randlora`'s matching rules, so peft sees the same modules."""
+def resolve_modules(model, patterns: tuple[str, ...], field: str, linear_only: bool, exclude=()) -> tuple[str, ...]:
+    """Full names of the modules `patterns` select, by `randlora`'s matching rules ("all-linear" included, minus
+    `exclude`), so that peft's methods wrap exactly the modules this project's methods wrap."""
     from randlora.targets import select_modules
 
-    return tuple(select_modules(model, patterns, field, linear_only=linear_only))
-
-
-def lookup(name: str) -> Method:
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise ConfigError(f"method is {name!r}; allowed values are {', '.join(map(repr, METHODS))}.") from None
+    return tuple(select_modules(model, patterns, field, linear_only=linear_only, exclude=exclude))

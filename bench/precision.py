@@ -9,6 +9,7 @@
 The adapter libraries keep their own parameter dtypes on top (peft's adapters stay float32 under `bf16`;
 `randlora` stores λ, γ in float32 unless its `param_dtype` is "model").
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -46,8 +47,20 @@ PRECISIONS: dict[str, Precision] = {
     for p in (
         Precision("fp32", "float32 weights and math, TF32 off", torch.float32, None, False, False, "fp32"),
         Precision("tf32", "float32 weights, TF32 matmuls", torch.float32, None, True, False, "tf32"),
-        Precision("bf16", "pure bfloat16 (weights, grads, optimizer state)", torch.bfloat16, None, False, False, "bf16"),
-        Precision("fp16-amp", "float16 autocast, float32 master weights, GradScaler", torch.float32, torch.float16, False, True, "fp16"),
-        Precision("bf16-amp", "bfloat16 autocast, float32 master weights", torch.float32, torch.bfloat16, False, False, "bf16"),
+        Precision(
+            "bf16", "pure bfloat16 (weights, grads, optimizer state)", torch.bfloat16, None, False, False, "bf16"
+        ),
+        Precision(
+            "fp16-amp",
+            "float16 autocast, float32 master weights, GradScaler",
+            torch.float32,
+            torch.float16,
+            False,
+            True,
+            "fp16",
+        ),
+        Precision(
+            "bf16-amp", "bfloat16 autocast, float32 master weights", torch.float32, torch.bfloat16, False, False, "bf16"
+        ),
     )
 }

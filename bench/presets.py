@@ -7,6 +7,7 @@ dtype set), so an 8B model appears in seconds on a GPU instead of minutes of CPU
 
 This module imports torch and transformers only inside `build`, so the harness's parent process stays light.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -15,8 +16,9 @@ from dataclasses import dataclass, field
 from randlora import LLAMA_PROJECTIONS
 
 HF_PREFIX = "hf:"
-# Attention and MLP projections of BERT / ViT encoder blocks; the pooler's dense layer is left alone.
-ENCODER_TARGETS = ("query", "key", "value", r".*\.layer\.\d+\..*\.dense")
+# Every linear layer but the classification head, which trains in full (module names differ between
+# transformers versions: ViT's `query` became `q_proj` in 5.x, so no names are spelled out).
+ENCODER_TARGETS = ("all-linear",)
 
 
 @dataclass(frozen=True)
@@ -31,8 +33,12 @@ class Family:
 
 FAMILIES = {
     "llama": Family("LlamaConfig", "LlamaForCausalLM", "tokens", "causal-lm", LLAMA_PROJECTIONS),
-    "bert": Family("BertConfig", "BertForSequenceClassification", "tokens", "classification", ENCODER_TARGETS, ("classifier",)),
-    "vit": Family("ViTConfig", "ViTForImageClassification", "images", "classification", ENCODER_TARGETS, ("classifier",)),
+    "bert": Family(
+        "BertConfig", "BertForSequenceClassification", "tokens", "classification", ENCODER_TARGETS, ("classifier",)
+    ),
+    "vit": Family(
+        "ViTConfig", "ViTForImageClassification", "images", "classification", ENCODER_TARGETS, ("classifier",)
+    ),
 }
 
 
@@ -75,23 +81,34 @@ def _llama(hidden: int, layers: int, ffn: int, heads: int, kv_heads: int, vocab:
 
 _TINY_ENCODER = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128}
 
-PRESETS: dict[str, Preset] = {
-    p.name: p
-    for p in (
-        Preset("tiny-llama", "llama", "Llama-shaped, 2 layers of 64: for CPUs and tests", _llama(64, 2, 176, 4, 2, 1024, 512)),
-        Preset("llama-60m", "llama", "Llama 60M (GaLore's shape: hidden 512, 8 layers)", _llama(512, 8, 1376, 8, 8)),
-        Preset("llama-350m", "llama", "Llama 350M (GaLore's shape: hidden 1024, 24 layers)", _llama(1024, 24, 2736, 16, 16)),
-        Preset("llama-1.1b", "llama", "TinyLlama 1.1B shape (hidden 2048, 22 layers, 4 kv heads), ANCHORS.md", _llama(2048, 22, 5632, 32, 4)),
-        Preset("llama-3b", "llama", "Llama 3.2 3B shape (hidden 3072, 28 layers, 8 kv heads)", _llama(3072, 28, 8192, 24, 8)),
-        Preset("llama-8b", "llama", "Llama 3 8B shape (hidden 4096, 32 layers, 8 kv heads), ANCHORS.md", _llama(4096, 32, 14336, 32, 8)),
-        Preset("llama-13b", "llama", "Llama 2 13B shape (hidden 5120, 40 layers)", _llama(5120, 40, 13824, 40, 40)),
-        Preset("llama-70b", "llama", "Llama 3 70B shape (hidden 8192, 80 layers, 8 kv heads)", _llama(8192, 80, 28672, 64, 8)),
-        Preset("tiny-bert", "bert", "BERT-shaped, 2 layers of 64, 2 labels: for CPUs and tests", {**_TINY_ENCODER, "vocab_size": 1024, "num_labels": 2}),
-        Preset("bert-base", "bert", "BERT-base (110M), 2 labels", {"num_labels": 2}),
-        Preset("tiny-vit", "vit", "ViT-shaped, 32x32 images in 8x8 patches, 10 labels: for CPUs and tests", {**_TINY_ENCODER, "image_size": 32, "patch_size": 8, "num_labels": 10}),
-        Preset("vit-base", "vit", "ViT-B/16 (86M), 224x224 images, 10 labels", {"num_labels": 10}),
-    )
-}
+# fmt: off
+PRESETS: dict[str, Preset] = {p.name: p for p in (
+    Preset("tiny-llama", "llama", "Llama-shaped, 2 layers of 64: for CPUs and tests",
+           _llama(hidden=64, layers=2, ffn=176, heads=4, kv_heads=2, vocab=1024, positions=512)),
+    Preset("llama-60m", "llama", "Llama 60M (GaLore's shape: hidden 512, 8 layers)",
+           _llama(hidden=512, layers=8, ffn=1376, heads=8, kv_heads=8)),
+    Preset("llama-350m", "llama", "Llama 350M (GaLore's shape: hidden 1024, 24 layers)",
+           _llama(hidden=1024, layers=24, ffn=2736, heads=16, kv_heads=16)),
+    Preset("llama-1.1b", "llama", "TinyLlama 1.1B shape (hidden 2048, 22 layers, 4 kv heads), ANCHORS.md",
+           _llama(hidden=2048, layers=22, ffn=5632, heads=32, kv_heads=4)),
+    Preset("llama-3b", "llama", "Llama 3.2 3B shape (hidden 3072, 28 layers, 8 kv heads)",
+           _llama(hidden=3072, layers=28, ffn=8192, heads=24, kv_heads=8)),
+    Preset("llama-8b", "llama", "Llama 3 8B shape (hidden 4096, 32 layers, 8 kv heads), ANCHORS.md",
+           _llama(hidden=4096, layers=32, ffn=14336, heads=32, kv_heads=8)),
+    Preset("llama-13b", "llama", "Llama 2 13B shape (hidden 5120, 40 layers)",
+           _llama(hidden=5120, layers=40, ffn=13824, heads=40, kv_heads=40)),
+    Preset("llama-70b", "llama", "Llama 3 70B shape (hidden 8192, 80 layers, 8 kv heads)",
+           _llama(hidden=8192, layers=80, ffn=28672, heads=64, kv_heads=8)),
+    Preset("tiny-bert", "bert", "BERT-shaped, 2 layers of 64, 2 labels: for CPUs and tests",
+           {**_TINY_ENCODER, "vocab_size": 1024, "num_labels": 2}),
+    Preset("bert-base", "bert", "BERT-base (110M), 2 labels",
+           {"num_labels": 2}),
+    Preset("tiny-vit", "vit", "ViT-shaped, 32x32 images in 8x8 patches, 10 labels: for CPUs and tests",
+           {**_TINY_ENCODER, "image_size": 32, "patch_size": 8, "num_labels": 10}),
+    Preset("vit-base", "vit", "ViT-B/16 (86M), 224x224 images, 10 labels",
+           {"num_labels": 10}),
+)}
+# fmt: on
 
 
 @dataclass(frozen=True)
@@ -115,7 +132,7 @@ def is_hf(model: str) -> bool:
 def lookup(model: str) -> Preset | None:
     """The preset called `model`, None for an `hf:` model; ValueError (a clause: "is 'x'; allowed ...") if unknown."""
     if is_hf(model):
-        if not model[len(HF_PREFIX):]:
+        if not model[len(HF_PREFIX) :]:
             raise ValueError(f"is {model!r}, which names no path or hub id after 'hf:'.")
         return None
     if model not in PRESETS:
@@ -137,13 +154,13 @@ def _default_dtype(dtype):
 
 
 def build(model: str, dtype, device, trust_remote_code: bool = False):
-    """(model, ModelInfo): a preset with random weights, or `hf:` loaded with from_pretrained, in `dtype` on `device`."""
+    """(model, ModelInfo): a preset with random weights, or an `hf:` model from from_pretrained; `dtype` on `device`."""
     import torch
     import transformers
 
     if is_hf(model):
         net = transformers.AutoModelForCausalLM.from_pretrained(
-            model[len(HF_PREFIX):],
+            model[len(HF_PREFIX) :],
             dtype=dtype,
             device_map=str(device),
             attn_implementation="sdpa",
@@ -161,13 +178,24 @@ def build(model: str, dtype, device, trust_remote_code: bool = False):
         inputs=inputs,
         head=head,
         vocab_size=getattr(config, "vocab_size", None),
-        num_labels=getattr(config, "num_labels", None) if head == "classification" else None,
+        num_labels=config.num_labels if head == "classification" else None,
         image_size=getattr(config, "image_size", None),
         num_channels=getattr(config, "num_channels", None),
         num_layers=config.num_hidden_layers,
         hidden_size=config.hidden_size,
     )
     return net, info
+
+
+def parameter_count(preset: Preset) -> int:
+    """Parameters of a preset, from a model built on the meta device (no memory, no init cost)."""
+    import torch
+    import transformers
+
+    config = getattr(transformers, preset.spec.config_class)(**preset.config)
+    with torch.device("meta"):
+        model = getattr(transformers, preset.spec.model_class)(config)
+    return sum(p.numel() for p in model.parameters())
 
 
 def default_modules(model: str) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -8,6 +8,7 @@ A task provides
 "throughput" trains on random tokens or random images: it measures speed and memory, not learning.
 Accuracy tasks register here the same way (`@register("name", "description")` on a `Task` factory).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -46,7 +47,9 @@ def random_batches(info, batch_size: int, seq_len: int, device, seed: int) -> Ca
             shape = (batch_size, info.num_channels, info.image_size, info.image_size)
             batch = {"pixel_values": torch.randn(shape, generator=gen, device=device)}
         else:
-            batch = {"input_ids": torch.randint(0, info.vocab_size, (batch_size, seq_len), generator=gen, device=device)}
+            batch = {
+                "input_ids": torch.randint(0, info.vocab_size, (batch_size, seq_len), generator=gen, device=device)
+            }
         if info.head == "causal-lm":
             batch["labels"] = batch["input_ids"]  # the model shifts labels itself
         else:

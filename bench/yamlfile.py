@@ -1,4 +1,5 @@
 """Safe YAML loading that remembers where each value was written, so errors can name the line."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,7 +15,7 @@ class Source:
     """A parsed YAML document and the line of every key and list item in it (1-based)."""
 
     def __init__(self, name: str, text: str) -> None:
-        self.name = name
+        self.name, self.text = name, text
         try:
             root = yaml.compose(text, Loader=yaml.SafeLoader)
             self.data = yaml.safe_load(text)
@@ -29,7 +30,7 @@ class Source:
             self._index(root, ())
 
     @classmethod
-    def read(cls, path: Path) -> "Source":
+    def read(cls, path: Path) -> Source:
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:

@@ -1,0 +1,255 @@
+"""One cell, measured inside its own process: build, adapt, warm up, time the steps, count the memory.
+
+    first step      wall clock, device drained at both ends: compilation and autotuning land here
+    warm-up         the remaining warm-up steps, untimed; the loss must be finite after them
+    measured        `steps` steps, each timed on the device; allocator peaks reset just before
+    breakdown       one more step, untimed, counting saved activations and gradients
+    extras          a profiler trace, a matmul ceiling, the task's evaluate(), when asked for
+
+`run` never raises: it returns the status (ok, oom, diverged, error, skipped) with a reason, a traceback for
+anything unexpected, and whatever was measured before a failure.
+"""
+
+from __future__ import annotations
+
+import threading
+import traceback
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from . import memory, methods, metrics, presets, timing
+from .cells import Cell
+from .precision import PRECISIONS, Precision
+from .tasks import TASKS
+
+OOM_MESSAGES = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "can't allocate memory")
+
+
+@dataclass(frozen=True)
+class Options:
+    """How to run a cell, beyond what it is: set by the runner, not part of the cell's hash."""
+
+    gpu_uuid: str | None = None  # the GPU the runner assigned (NVML's name for it), for the memory sampler
+    profile_dir: str | None = None  # write a torch.profiler trace here
+    measure_ceiling: bool = False  # time a large matmul in the cell's precision, for MFU against a measured peak
+
+
+class Diverged(Exception):
+    """The loss became NaN or infinite."""
+
+
+class Unrunnable(Exception):
+    """The cell cannot run here (it asks for a device this process does not have): recorded as skipped."""
+
+
+def run(cell: Cell, options: Options) -> dict:
+    """{'status', 'reason', 'traceback', 'train', 'memory', 'task_metrics', 'device'} for `cell`."""
+    measured: dict = {"train": {}, "memory": {}, "task_metrics": {}, "device": {}}
+    status, reason, trace = "ok", "", None
+    try:
+        _measure(cell, options, measured)
+    except torch.OutOfMemoryError as exc:
+        status, reason, trace = "oom", _first_line(exc), traceback.format_exc()
+    except Diverged as exc:
+        status, reason = "diverged", str(exc)
+    except Unrunnable as exc:
+        status, reason = "skipped", str(exc)
+    except Exception as exc:  # noqa: BLE001 (any failure of the cell is its result, not the harness's)
+        oom = any(text in str(exc) for text in OOM_MESSAGES)
+        status, reason, trace = ("oom" if oom else "error"), _first_line(exc), traceback.format_exc()
+    return {"status": status, "reason": reason, "traceback": trace, **measured}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+def _device(cell: Cell) -> torch.device:
+    if cell.device == "cpu" or not torch.cuda.is_available():
+        if cell.device == "cuda":
+            raise Unrunnable("the cell asks for device 'cuda' and this process sees no CUDA device")
+        return torch.device("cpu")
+    return torch.device("cuda", 0)  # the runner exposes exactly one GPU to this process
+
+
+def _device_info(device: torch.device) -> dict:
+    info = {"device": device.type, "torch_cuda_version": torch.version.cuda}
+    if device.type == "cuda":
+        info["device_name"] = torch.cuda.get_device_name(device)
+        info["device_capability"] = ".".join(map(str, torch.cuda.get_device_capability(device)))
+        info["cudnn_version"] = torch.backends.cudnn.version()
+    return info
+
+
+def _inject(kind: str, loss: torch.Tensor) -> torch.Tensor:
+    """The fault a grid asked for with `inject:` (never active unless a grid sets it)."""
+    if kind == "oom":
+        raise torch.OutOfMemoryError("injected by the grid (inject: oom)")
+    if kind == "error":
+        raise RuntimeError("injected by the grid (inject: error)")
+    if kind == "hang":
+        threading.Event().wait()  # until the runner's timeout kills the process
+    if kind == "nan":
+        return loss * float("nan")
+    return loss
+
+
+def _train_step(model, optimizer, scaler, precision: Precision, task, device_type: str, inject: str, batch):
+    """One optimizer step; returns the loss, detached, still on the device (no synchronisation)."""
+    with precision.autocast(device_type):
+        loss = _inject(inject, task.loss(model, batch))
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.detach()
+
+
+def _check_finite(losses: list[torch.Tensor], phase: str) -> None:
+    finite = torch.isfinite(torch.stack(losses).float()).tolist()
+    if not all(finite):
+        i = finite.index(False)
+        raise Diverged(f"the loss is {losses[i].item()} at {phase} step {i + 1} of {len(losses)}")
+
+
+def _compiled_graphs() -> int:
+    """Graphs dynamo has compiled in this process: a rise during the measured steps means a recompile was timed."""
+    from torch._dynamo.utils import counters  # private, but the only counter dynamo keeps
+
+    return counters["stats"]["unique_graphs"]
+
+
+@dataclass
+class _Setup:
+    """A cell ready to train: the adapted model, its optimizer, a step function and the batches."""
+
+    model: nn.Module
+    info: presets.ModelInfo
+    optimizer: torch.optim.Optimizer
+    batch: Callable[[int], dict]  # batch(i): the inputs of step i
+    step: Callable[[int], torch.Tensor]  # step(i) trains on batch(i) and returns its loss, on the device
+    base_weights: list[torch.Tensor]  # the weights of the base model's matmuls, for the FLOP count
+
+
+def _set_up(cell: Cell, device: torch.device, precision: Precision, task, train: dict) -> _Setup:
+    model, info = presets.build(cell.model, precision.param_dtype, device, cell.trust_remote_code)
+    base_weights = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
+    trainable = methods.resolve_modules(model, cell.trainable_modules, "trainable_modules", linear_only=False)
+    targets = methods.resolve_modules(model, cell.targets, "targets", linear_only=True, exclude=trainable)
+    model = methods.METHODS[cell.method.name].adapt(model, cell.method.kwargs, targets, trainable)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    train["trainable_params"] = sum(p.numel() for p in params)
+    train["total_params"] = sum(p.numel() for p in model.parameters())
+    if cell.compile:
+        model = torch.compile(model)
+    optimizer = torch.optim.AdamW(params, lr=cell.lr, fused=device.type == "cuda")
+    scaler = precision.make_scaler(device.type)
+    next_batch = task.batches(info, cell.batch_size, cell.seq_len, device, cell.seed)
+
+    def step(i: int) -> torch.Tensor:
+        return _train_step(model, optimizer, scaler, precision, task, device.type, cell.inject, next_batch(i))
+
+    return _Setup(model, info, optimizer, next_batch, step, base_weights)
+
+
+def _measure(cell: Cell, options: Options, out: dict) -> None:
+    device = _device(cell)
+    precision = PRECISIONS[cell.precision]
+    precision.configure_backends()
+    task = TASKS[cell.task]
+    out["device"] = _device_info(device)
+    train, mem = out["train"], out["memory"]
+    torch.manual_seed(cell.seed)
+    with ExitStack() as stack:
+        sampler = stack.enter_context(memory.Sampler(options.gpu_uuid if device.type == "cuda" else None))
+        stack.callback(lambda: mem.update(sampler.read()))  # also after a failure
+        peaks = memory.TorchPeaks(device)
+        setup = _set_up(cell, device, precision, task, train)
+
+        with timing.wall_clock(device, train, "first_step_s"):
+            losses = [setup.step(0)]
+        losses += [setup.step(i) for i in range(1, cell.warmup_steps)]
+        _check_finite(losses, "warm-up")
+
+        peaks.reset()
+        graphs_before = _compiled_graphs()
+        timer = timing.StepTimer(device)
+        losses = []
+        for i in range(cell.warmup_steps, cell.warmup_steps + cell.steps):
+            with timer.step():
+                losses.append(setup.step(i))
+        step_times = timer.times_s()
+        train["recompiles_measured"] = _compiled_graphs() - graphs_before
+        _check_finite(losses, "measured")
+        mem.update(peaks.read())
+        train.update(_throughput(cell, setup, precision, out["device"], step_times))
+        train["loss_last"] = losses[-1].item()
+
+        mem.update(_breakdown(setup, precision, task, device))
+        if options.profile_dir:
+            from . import profile
+
+            profile.trace(setup.step, device, options.profile_dir)
+        if options.measure_ceiling:
+            train.update(_ceiling(device, precision, train))
+        if task.evaluate is not None:
+            out["task_metrics"] = task.evaluate(setup.model, setup.info, device, cell.seed)
+
+
+def _throughput(cell: Cell, setup: _Setup, precision: Precision, device_info: dict, step_times: list[float]) -> dict:
+    tokens_per_step = cell.batch_size * cell.seq_len
+    stats = metrics.step_stats(step_times)
+    flops = metrics.model_flops_per_step(
+        matmul_params=sum(w.numel() for w in setup.base_weights),
+        tokens=tokens_per_step,
+        num_layers=setup.info.num_layers,
+        hidden_size=setup.info.hidden_size,
+        seq_len=cell.seq_len,
+        trains_base=any(w.requires_grad for w in setup.base_weights),
+    )
+    peak = metrics.peak_flops(device_info.get("device_name"), precision.peak_key)
+    return {
+        "tokens_per_step": tokens_per_step,
+        "step_times_s": step_times,
+        "step_time_median_s": stats.median_s,
+        "step_time_p10_s": stats.p10_s,
+        "step_time_p90_s": stats.p90_s,
+        "measured_time_s": stats.total_s,
+        "tokens_per_s": metrics.throughput(tokens_per_step, step_times),
+        "samples_per_s": metrics.throughput(cell.batch_size, step_times),
+        "flops_per_step": flops,
+        "peak_flops": peak,
+        "mfu": metrics.mfu(flops, step_times, peak),
+    }
+
+
+def _breakdown(setup: _Setup, precision: Precision, task, device: torch.device) -> dict:
+    """Bytes of parameters, gradients, optimizer state and saved activations, from one extra untimed step."""
+    with memory.SavedActivations(setup.model) as saved, precision.autocast(device.type):
+        loss = task.loss(setup.model, setup.batch(0))
+    loss.backward()
+    grads = memory.gradient_bytes(setup.model)
+    setup.optimizer.zero_grad(set_to_none=True)
+    return {
+        "param_bytes": memory.parameter_bytes(setup.model),
+        "grad_bytes": grads,
+        "optimizer_bytes": memory.optimizer_bytes(setup.optimizer),
+        "activation_bytes": saved.bytes,
+    }
+
+
+def _ceiling(device: torch.device, precision: Precision, train: dict) -> dict:
+    dtype = precision.autocast_dtype or precision.param_dtype
+    ceiling = timing.matmul_flops(device, dtype, size=8192 if device.type == "cuda" else 1024)
+    achieved = train["flops_per_step"] * len(train["step_times_s"]) / train["measured_time_s"]
+    return {"matmul_ceiling_flops": ceiling, "mfu_vs_ceiling": achieved / ceiling}

@@ -1,0 +1,210 @@
+"""`python -m bench {run,env,list}`: the command line of the harness."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .errors import BenchError
+
+DESCRIPTION = """\
+Benchmark RandLoRA's variants against LoRA, full fine-tuning and peft on your own hardware.
+
+A grid (YAML) expands into cells; each cell trains a model for a few steps in a fresh process and records
+throughput, memory and its environment as one JSON file, then a parquet/CSV table of all cells.
+
+  python -m bench run --matrix default          # the embedded CPU grid, a few minutes
+  python -m bench run --matrix bench/grids/h200-anchors.yaml
+  python -m bench list                          # presets, methods, precisions, tasks, grid fields
+  python -m bench env                           # the hardware and software this machine offers
+"""
+
+SECTIONS = ("presets", "methods", "precisions", "tasks", "fields", "grids")
+
+RUN_EPILOG = """\
+statuses: ok, oom (out of memory: larger batch sizes of the same configuration are then skipped),
+  error (an exception: reason and traceback in the cell's JSON), timeout (killed after timeout_s),
+  diverged (NaN/inf loss), skipped (e.g. a peft method without peft installed).
+fault injection: a grid may set `inject: oom | error | nan | hang` on a cell to exercise these paths; it is
+  never active unless a grid asks for it.
+grid format: name, defaults, axes (a product), include, exclude; fields: `python -m bench list fields`;
+  the full reference and the result columns: bench/README.md.
+results: <run dir>/cells/<hash>.json per cell, <run dir>/results.parquet and results.csv for all.
+exit codes: 0 every cell finished (ok, oom, diverged or skipped), 1 some cell ended in error or timeout,
+  2 bad input (grid, flags, run folder), 130 interrupted (finished cells are kept: rerun with --resume).
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{run,env,list}")
+
+    run = commands.add_parser(
+        "run",
+        help="run the cells of a grid",
+        description="Run every cell of a grid, each in its own process.",
+        epilog=RUN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument(
+        "--matrix",
+        default="default",
+        metavar="GRID",
+        help="a YAML file, or the name of an embedded grid (default: %(default)s; see `list grids`)",
+    )
+    run.add_argument("--name", help="name of the run: results go to runs/NAME (default: the grid's name)")
+    run.add_argument("--run-dir", type=Path, metavar="DIR", help="where results go (default: runs/<name>)")
+    mode = run.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--resume",
+        dest="mode",
+        action="store_const",
+        const="resume",
+        help="keep every finished cell of the run folder, run the others",
+    )
+    mode.add_argument(
+        "--rerun-failed",
+        dest="mode",
+        action="store_const",
+        const="rerun-failed",
+        help="keep ok / oom / diverged cells, run again those that ended in error, timeout or skipped",
+    )
+    mode.add_argument("--force", dest="mode", action="store_const", const="force", help="run every cell again")
+    run.add_argument("--dry-run", action="store_true", help="list the cells and exit")
+    run.add_argument(
+        "--profile",
+        nargs="*",
+        metavar="SELECTOR",
+        help="write torch.profiler traces (TensorBoard and Chrome/Perfetto) of the cells whose label "
+        "contains a SELECTOR or whose hash starts with one; no SELECTOR: every cell",
+    )
+    run.add_argument(
+        "--measure-ceiling",
+        action="store_true",
+        help="also time a large matmul in each cell's precision and report MFU against it",
+    )
+    run.set_defaults(mode="new")
+
+    env = commands.add_parser("env", help="print the detected hardware and software")
+    env.add_argument("--json", action="store_true", help="as JSON")
+
+    lister = commands.add_parser("list", help="list presets, methods, precisions, tasks, grid fields, grids")
+    lister.add_argument("what", nargs="*", metavar="SECTION", help=f"any of {', '.join(SECTIONS)} (default: all)")
+    return parser
+
+
+def _run(args) -> int:
+    from . import matrix
+    from .runner import Runner, RunOptions
+
+    grid = matrix.load(args.matrix)
+    run_dir = args.run_dir or Path("runs") / (args.name or grid.name)
+    if args.dry_run:
+        return _dry_run(grid, run_dir)
+    options = RunOptions(
+        run_dir=run_dir,
+        mode=args.mode,
+        profile=tuple(args.profile) if args.profile is not None else None,
+        measure_ceiling=args.measure_ceiling,
+        argv=sys.argv,
+    )
+    runner = Runner(grid, options)
+    try:
+        summary = runner.run()
+    except KeyboardInterrupt:
+        print(f"interrupted; finished cells are kept in {run_dir}: continue with --resume", file=sys.stderr)
+        return 130
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.counts.items())) or "nothing to run"
+    kept = f"; {summary.kept} finished cells kept" if summary.kept else ""
+    print(f"{counts}{kept}. Results: {summary.table or run_dir}")
+    return summary.exit_code
+
+
+def _dry_run(grid, run_dir: Path) -> int:
+    from .results import RunFolder
+
+    done = RunFolder(run_dir).records()
+    for cell in grid.cells:
+        status = done[cell.hash]["status"] if cell.hash in done else "-"
+        print(f"{cell.hash}  {status:<8}  {cell.label()}")
+    finished = sum(c.hash in done for c in grid.cells)
+    print(f"{len(grid.cells)} cells from {grid.source}; run folder {run_dir} ({finished} finished)")
+    return 0
+
+
+def _env(args) -> int:
+    from . import envinfo, metrics
+
+    env = envinfo.capture()
+    if args.json:
+        print(json.dumps(env, indent=1))
+        return 0
+    for key, value in env.items():
+        if key != "gpus":
+            print(f"{key:<22} {value}")
+    for i, gpu in enumerate(env["gpus"]):
+        peak = metrics.peak_flops(gpu["gpu_name"], "bf16")
+        known = f"{peak / 1e12:.0f} TFLOP/s bf16 (datasheet)" if peak else "not in the peak table: MFU will be null"
+        print(f"gpu {i:<18} {gpu['gpu_name']}, {gpu['gpu_memory_bytes'] / 2**30:.0f} GiB, {known}")
+        print(
+            f"{'':<22} {gpu['gpu_uuid']}, driver {gpu['driver_version']} (CUDA {gpu['cuda_driver_version']}), "
+            f"power limit {gpu['power_limit_w']} W, SM clock {gpu['sm_clock_mhz']}/{gpu['sm_clock_max_mhz']} MHz"
+        )
+    if not env["gpus"]:
+        print("gpus                   none found through NVML: cells run on the CPU")
+    return 0
+
+
+def _list(args) -> int:
+    from . import cells, matrix, methods, presets, tasks
+    from .precision import PRECISIONS
+
+    unknown = sorted(set(args.what) - set(SECTIONS))
+    if unknown:
+        raise BenchError(f"list section {unknown[0]!r} is unknown; allowed values are {', '.join(SECTIONS)}.")
+    wanted = set(args.what) or set(SECTIONS)
+    if "presets" in wanted:
+        print("presets (or hf:<path or hub id>, loaded with from_pretrained):")
+        for p in presets.PRESETS.values():
+            print(f"  {p.name:<12} {presets.parameter_count(p) / 1e6:>9,.1f}M  {p.description}")
+    if "methods" in wanted:
+        print("methods (grid: `method: name` or `method: {name: ..., <param>: ...}`; defaults shown):")
+        for m in methods.METHODS.values():
+            missing = m.unavailable_reason()
+            params = ", ".join(f"{k}={v}" for k, v in m.resolve({}).items())
+            print(
+                f"  {m.name:<14} {m.description}{'  [unavailable: ' + missing + ']' if missing else ''}\n"
+                f"  {'':<14} {params}"
+            )
+    if "precisions" in wanted:
+        print("precisions:")
+        for p in PRECISIONS.values():
+            print(f"  {p.name:<10} {p.description}")
+    if "tasks" in wanted:
+        print("tasks:")
+        for t in tasks.TASKS.values():
+            print(f"  {t.name:<12} {t.description}")
+    if "fields" in wanted:
+        print("cell fields (grid keys under defaults / axes / include / exclude):")
+        for name, f in cells.FIELDS.items():
+            print(f"  {name:<18} default {f.default!r:<14} {f.doc}")
+    if "grids" in wanted:
+        print(f"embedded grids (--matrix NAME): {', '.join(matrix.embedded_grids())}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return {"run": _run, "env": _env, "list": _list}[args.command](args)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except BrokenPipeError:  # `... | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1

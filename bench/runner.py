@@ -1,0 +1,327 @@
+"""The parent: plans which cells to run, gives each its own process on its own GPU, and records every outcome.
+
+    slots       one per GPU (CUDA_VISIBLE_DEVICES=<its UUID>), or one for the CPU; a slot runs one cell at a time
+    groups      cells equal but for batch size run in one slot, smallest batch first: once one runs out of
+                memory, the larger ones are recorded as skipped without being started
+    a cell      spec file -> `python -m bench._child spec` in a new session -> its record, or, if the process
+                dies or outlives its timeout (then its whole process group is killed), a record saying so
+
+This process never touches torch.cuda (a CUDA context here would hold memory on every GPU): GPUs are found and
+checked for other processes through NVML.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import envinfo, nvml, results
+from .cells import Cell
+from .errors import BenchError
+from .matrix import Grid
+from .methods import METHODS
+from .progress import RunProgress
+
+MODES = ("new", "resume", "rerun-failed", "force")
+KEPT_BY_RERUN_FAILED = ("ok", "oom", "diverged")  # outcomes that running again would not change
+FAILED_STATUSES = ("error", "timeout")  # what makes `bench run` exit 1
+PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)  # put on the child's PYTHONPATH
+LOG_TAIL_CHARS = 400
+BUSY_CHECKS, BUSY_RECHECK_S = 3, 0.5
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where a cell runs: a GPU (by NVML UUID) or the CPU / whatever devices the process sees by itself."""
+
+    gpu: nvml.Gpu | None
+
+    @property
+    def name(self) -> str:
+        return f"gpu{self.gpu.index}" if self.gpu else "host"
+
+    def env(self) -> dict[str, str]:
+        return {"CUDA_VISIBLE_DEVICES": self.gpu.uuid} if self.gpu else {}
+
+
+def slots_for(gpus: list[nvml.Gpu], visible: str | None) -> list[Slot]:
+    """One slot per GPU the parent may use: all NVML GPUs, narrowed by CUDA_VISIBLE_DEVICES (indices or UUIDs)
+    if set; one host slot when there are none."""
+    if visible is not None:
+        wanted = [v.strip() for v in visible.split(",") if v.strip()]
+        gpus = [g for g in gpus if any(w == str(g.index) or g.uuid.startswith(w) for w in wanted)]
+    return [Slot(g) for g in gpus] or [Slot(None)]
+
+
+@dataclass
+class RunOptions:
+    run_dir: Path
+    mode: str = "new"
+    profile: tuple[str, ...] | None = None  # None: no traces; (): every cell; else cells whose label/hash contains one
+    measure_ceiling: bool = False
+    argv: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Summary:
+    counts: dict[str, int]
+    kept: int  # finished cells from an earlier invocation, not run again
+    run_dir: Path
+    table: Path | None
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if any(self.counts.get(s) for s in FAILED_STATUSES) else 0
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class Runner:
+    def __init__(self, grid: Grid, options: RunOptions, progress: RunProgress | None = None) -> None:
+        if options.mode not in MODES:
+            raise BenchError(f"mode is {options.mode!r}; allowed values are {', '.join(map(repr, MODES))}.")
+        self.grid, self.options = grid, options
+        self.folder = results.RunFolder(options.run_dir)
+        self.env = envinfo.capture()
+        self.slots = slots_for(nvml.gpus(), os.environ.get("CUDA_VISIBLE_DEVICES"))
+        self._progress = progress
+        self._records = self.folder.records()
+        self._kept: dict[str, dict] = {}  # records of this grid's cells that this run does not repeat
+        self._lock = threading.Lock()
+        self._processes: dict[int, subprocess.Popen] = {}
+        self._stopping = threading.Event()
+
+    # --- planning ------------------------------------------------------------------------------------------------
+    def plan(self) -> tuple[list[Cell], list[Cell]]:
+        """(cells to run, finished cells kept), by mode; refuses to mix a new run into a folder holding results."""
+        mode, done = self.options.mode, self._records
+        ours = [c for c in self.grid.cells if c.hash in done]
+        if mode == "new" and ours:
+            raise BenchError(
+                f"run folder {self.folder.root} already holds {len(ours)} results of this grid; pass --resume to skip "
+                "finished cells, --rerun-failed to run the failed ones again, or --force to run every cell again."
+            )
+        if mode == "force":
+            return list(self.grid.cells), []
+        keep = (lambda s: True) if mode == "resume" else (lambda s: s in KEPT_BY_RERUN_FAILED)
+        kept = [c for c in ours if keep(done[c.hash]["status"])]
+        self._kept = {c.hash: done[c.hash] for c in kept}
+        return [c for c in self.grid.cells if c not in kept], kept
+
+    @staticmethod
+    def groups(cells: list[Cell]) -> list[list[Cell]]:
+        """Cells by `Cell.group`, in grid order, each group sorted by batch size."""
+        grouped: dict[str, list[Cell]] = {}
+        for cell in cells:
+            grouped.setdefault(cell.group, []).append(cell)
+        return [sorted(g, key=lambda c: c.batch_size) for g in grouped.values()]
+
+    # --- running -------------------------------------------------------------------------------------------------
+    def run(self) -> Summary:
+        todo, kept = self.plan()
+        self._prepare_folder()
+        work: queue.SimpleQueue = queue.SimpleQueue()
+        for group in self.groups(todo):
+            work.put(group)
+        progress = self._progress or RunProgress(len(todo))
+        counts: dict[str, int] = {}
+        with progress, ThreadPoolExecutor(len(self.slots), thread_name_prefix="slot") as pool:
+            self._progress = progress
+            futures = [pool.submit(self._drain, slot, work, counts) for slot in self.slots]
+            try:
+                wait(futures)
+            except KeyboardInterrupt:
+                self.stop()
+                raise
+            for future in futures:
+                future.result()
+        table = results.write_table(self.folder)[0] if self.folder.records() else None
+        return Summary(counts, len(kept), self.folder.root, table)
+
+    def stop(self) -> None:
+        """Start no more cells and kill the running ones (their cells stay unfinished, for --resume)."""
+        self._stopping.set()
+        with self._lock:
+            for process in self._processes.values():
+                _kill_group(process)
+
+    def _prepare_folder(self) -> None:
+        self.folder.root.mkdir(parents=True, exist_ok=True)
+        (self.folder.root / "grid.yaml").write_text(self.grid.text, encoding="utf-8")
+        run_info = {
+            "grid": self.grid.source,
+            "argv": self.options.argv,
+            "started_at": _now(),
+            "mode": self.options.mode,
+        }
+        results.write_json(self.folder.root / "run.json", {**run_info, "env": self.env})
+
+    def _drain(self, slot: Slot, work: queue.SimpleQueue, counts: dict[str, int]) -> None:
+        while not self._stopping.is_set():
+            try:
+                group = work.get_nowait()
+            except queue.Empty:
+                return
+            oom_at: Cell | None = None
+            for cell in group:
+                if self._stopping.is_set():
+                    return
+                record = self._run_cell(cell, slot, oom_at)
+                if record is None:  # interrupted: the cell stays unfinished
+                    return
+                if record["status"] == "oom" and oom_at is None:
+                    oom_at = cell
+                with self._lock:
+                    counts[record["status"]] = counts.get(record["status"], 0) + 1
+
+    def _skip_reason(self, cell: Cell, oom_at: Cell | None) -> str | None:
+        if oom_at is not None:
+            return f"batch size {oom_at.batch_size} of the same configuration ran out of memory (cell {oom_at.hash})"
+        smaller_oom = [
+            r
+            for r in self._kept.values()
+            if r["status"] == "oom"
+            and r["cell"]["batch_size"] < cell.batch_size
+            and Cell.from_dict(r["cell"]).group == cell.group
+        ]
+        if smaller_oom:
+            return f"batch size {smaller_oom[0]['cell']['batch_size']} of the same configuration ran out of memory"
+        return METHODS[cell.method.name].unavailable_reason()
+
+    def _run_cell(self, cell: Cell, slot: Slot, oom_at: Cell | None) -> dict | None:
+        env = {k: v for k, v in self.env.items() if k != "gpus"}
+        env["gpu"] = nvml.describe(slot.gpu.uuid) if slot.gpu else None
+        others = _other_processes(slot)
+        run = {
+            "run_name": self.folder.root.name,
+            "slot": slot.name,
+            "started_at": _now(),
+            "gpu_busy": bool(others),
+            "gpu_processes": others,
+            "log": str(self.folder.log_path(cell.hash)),
+        }
+        record = results.new_record(cell, env, run)
+        self._progress.started(cell.label())
+        skip = self._skip_reason(cell, oom_at)
+        if skip:
+            record.update(status="skipped", reason=skip)
+            results.write_json(self.folder.result_path(cell.hash), record)
+        else:
+            record = self._spawn(cell, slot, record)
+        if record is not None:
+            self._progress.finished(cell.label(), record)
+        return record
+
+    def _spawn(self, cell: Cell, slot: Slot, record: dict) -> dict | None:
+        """Run the cell's process and return its record (None if the run was interrupted meanwhile)."""
+        result_path, log_path = self.folder.result_path(cell.hash), self.folder.log_path(cell.hash)
+        result_path.unlink(missing_ok=True)  # --force / --rerun-failed: the old record must not pass for a new one
+        spawned_at = time.time()
+        spec_path = self._write_spec(cell, slot, record, spawned_at)
+        timed_out, returncode = self._run_process(spec_path, log_path, slot, cell.timeout_s)
+        if result_path.exists():  # finished, even if the timeout struck just after
+            return results.read_json(result_path)
+        if self._stopping.is_set():
+            return None  # nothing written: the cell is unfinished and --resume will run it
+        if timed_out:
+            reason = f"no result after {cell.timeout_s:g} s; the cell's processes were killed"
+            record.update(status="timeout", reason=reason)
+        else:
+            record.update(status="error", reason=_died_reason(returncode, log_path))
+        record["run"]["wall_s"] = time.time() - spawned_at
+        results.write_json(result_path, record)
+        return record
+
+    def _write_spec(self, cell: Cell, slot: Slot, record: dict, spawned_at: float) -> Path:
+        """The child's whole input (see `bench._child`): the cell, how to run it, the record to complete."""
+        spec = {
+            "cell": cell.to_dict(),
+            "options": {
+                "gpu_uuid": slot.gpu.uuid if slot.gpu else None,
+                "profile_dir": str(self.folder.profile_dir(cell.hash)) if self._profiled(cell) else None,
+                "measure_ceiling": self.options.measure_ceiling,
+            },
+            "record": record,
+            "result_path": str(self.folder.result_path(cell.hash)),
+            "spawned_at": spawned_at,
+        }
+        path = self.folder.spec_path(cell.hash)
+        results.write_json(path, spec)
+        return path
+
+    def _run_process(self, spec_path: Path, log_path: Path, slot: Slot, timeout_s: float) -> tuple[bool, int]:
+        """(timed out, exit status) of `python -m bench._child spec` on the slot's GPU, killed after `timeout_s`."""
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        python_path = os.pathsep.join(filter(None, [PACKAGE_PARENT, os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, **slot.env(), "PYTHONPATH": python_path}
+        with log_path.open("w", encoding="utf-8") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "bench._child", str(spec_path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,  # its own process group, killed whole on timeout
+            )
+        with self._lock:
+            self._processes[process.pid] = process
+            if self._stopping.is_set():  # stop() ran between the check in _drain and this start
+                _kill_group(process)
+        try:
+            process.wait(timeout=timeout_s)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            _kill_group(process)
+            process.wait()
+            timed_out = True
+        finally:
+            with self._lock:
+                self._processes.pop(process.pid, None)
+        return timed_out, process.returncode
+
+    def _profiled(self, cell: Cell) -> bool:
+        selectors = self.options.profile
+        if selectors is None:
+            return False
+        return not selectors or any(s in cell.label() or cell.hash.startswith(s) for s in selectors)
+
+
+def _other_processes(slot: Slot) -> list[dict]:
+    """Processes holding memory on the slot's GPU. Asked a few times when there are some: the driver may list
+    the previous cell's process for a moment after it exited."""
+    if slot.gpu is None:
+        return []
+    for _ in range(BUSY_CHECKS - 1):
+        found = nvml.processes(slot.gpu.uuid)
+        if not found:
+            return found
+        time.sleep(BUSY_RECHECK_S)
+    return nvml.processes(slot.gpu.uuid)
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    """SIGKILL the cell's whole session: the cell and any compile workers it started."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _died_reason(returncode: int, log_path: Path) -> str:
+    how = f"was killed by signal {-returncode}" if returncode < 0 else f"exited with code {returncode}"
+    try:
+        lines = [line for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    except OSError:
+        lines = []
+    tail = f"; its log ends: {lines[-1][-LOG_TAIL_CHARS:]}" if lines else ""
+    return f"the cell's process {how} without writing a result{tail}"

@@ -1,0 +1,173 @@
+"""A cell measured in this process (no spawn): what it records, and each status it can end in."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+import torch
+
+from bench import cell as cellmod
+from bench.cell import Options, run
+
+from .conftest import one_cell
+
+LLAMA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@pytest.fixture(scope="module")
+def randlora_ok() -> dict:
+    return run(one_cell(method={"name": "randlora", "r": 8}, steps=4), Options())
+
+
+def test_an_ok_cell_reports_throughput_from_its_own_step_times(randlora_ok):
+    assert randlora_ok["status"] == "ok" and randlora_ok["traceback"] is None
+    train = randlora_ok["train"]
+    assert len(train["step_times_s"]) == 4 and train["tokens_per_step"] == 2 * 16
+    assert train["tokens_per_s"] == pytest.approx(32 * 4 / sum(train["step_times_s"]))
+    assert train["samples_per_s"] == pytest.approx(2 * 4 / sum(train["step_times_s"]))
+    assert train["step_time_p10_s"] <= train["step_time_median_s"] <= train["step_time_p90_s"]
+    assert train["first_step_s"] > 0 and train["recompiles_measured"] == 0
+
+
+def test_on_a_cpu_allocator_peaks_and_mfu_are_null_not_zero(randlora_ok):
+    assert randlora_ok["device"]["device"] == "cpu"
+    assert randlora_ok["memory"]["peak_allocated_bytes"] is None and randlora_ok["train"]["mfu"] is None
+    assert randlora_ok["memory"]["nvml_peak_bytes"] is None
+    assert randlora_ok["memory"]["host_rss_peak_bytes"] > 50 * 2**20
+
+
+def test_the_memory_breakdown_counts_tensors(randlora_ok):
+    memory, train = randlora_ok["memory"], randlora_ok["train"]
+    assert memory["param_bytes"] == 4 * train["total_params"]  # fp32: every parameter, frozen or not
+    assert memory["grad_bytes"] == 4 * train["trainable_params"]  # only the trainables get gradients
+    # AdamW: exp_avg and exp_avg_sq per trainable, plus a scalar step per parameter tensor
+    assert 8 * train["trainable_params"] <= memory["optimizer_bytes"] <= 8 * train["trainable_params"] + 4 * 100
+    assert memory["activation_bytes"] > 0
+
+
+def test_saved_activations_grow_with_the_batch():
+    small = run(one_cell(method="lora", batch_size=1), Options())["memory"]["activation_bytes"]
+    large = run(one_cell(method="lora", batch_size=4), Options())["memory"]["activation_bytes"]
+    assert large > 3 * small
+
+
+def per_layer_shapes():
+    """(in, out) of tiny-llama's seven projections (hidden 64, ffn 176, 4 heads, 2 kv heads of 16)."""
+    return [(64, 64), (64, 32), (64, 32), (64, 64), (64, 176), (64, 176), (176, 64)]
+
+
+def test_trainable_counts_of_each_method_follow_their_formulas():
+    layers = 2
+    lora = run(one_cell(method={"name": "lora", "r": 4}), Options())["train"]
+    assert lora["trainable_params"] == layers * sum(4 * (i + o) for i, o in per_layer_shapes())
+    full = run(one_cell(method="full"), Options())["train"]
+    assert full["trainable_params"] == full["total_params"]
+    randlora = run(one_cell(method={"name": "randlora", "r": 8}), Options())["train"]
+    n_r_d = [(-(-min(i, o) // 8), min(i, o)) for i, o in per_layer_shapes()]
+    assert randlora["trainable_params"] == layers * sum(n * (8 + d) for n, d in n_r_d)
+
+
+def test_peft_methods_adapt_the_same_modules_with_the_same_counts():
+    for ours, theirs in (
+        (("lora", {"r": 4, "alpha": 8}), ("peft-lora", {"r": 4, "alpha": 8})),
+        (("randlora", {"r": 8}), ("peft-randlora", {"r": 8})),
+    ):
+        a = run(one_cell(method={"name": ours[0], **ours[1]}), Options())
+        b = run(one_cell(method={"name": theirs[0], **theirs[1]}), Options())
+        assert a["status"] == b["status"] == "ok", (a["reason"], b["reason"])
+        assert a["train"]["trainable_params"] == b["train"]["trainable_params"]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16", "fp16-amp", "bf16-amp"])
+def test_every_precision_trains(precision):
+    result = run(one_cell(method={"name": "randlora", "r": 8}, precision=precision), Options())
+    assert result["status"] == "ok", result["reason"]
+    base_bytes = 2 if precision == "bf16" else 4
+    frozen = result["train"]["total_params"] - result["train"]["trainable_params"]
+    assert result["memory"]["param_bytes"] == base_bytes * frozen + 4 * result["train"]["trainable_params"]
+
+
+@pytest.mark.parametrize("model", ["tiny-bert", "tiny-vit"])
+@pytest.mark.parametrize("method", ["lora", "randlora"])
+def test_encoders_train_their_classification_head_with_every_adapter(model, method):
+    result = run(one_cell(model=model, method=method), Options())
+    assert result["status"] == "ok", result["reason"]
+    head = {"tiny-bert": 64 * 2 + 2, "tiny-vit": 64 * 10 + 10}[model]
+    assert result["train"]["trainable_params"] > head
+
+
+def test_an_hf_model_loads_from_a_local_folder(tmp_path):
+    import transformers
+
+    config = transformers.LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        vocab_size=128,
+    )
+    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / "tiny")
+    result = run(one_cell(model=f"hf:{tmp_path / 'tiny'}", method="lora"), Options())
+    assert result["status"] == "ok", result["reason"]
+    assert result["train"]["trainable_params"] == 16 * (4 * (32 + 32) - 2 * 16 + 2 * (32 + 64) + (64 + 32))
+
+
+def test_an_injected_oom_is_reported_as_oom_with_its_traceback():
+    result = run(one_cell(inject="oom"), Options())
+    assert result["status"] == "oom"
+    assert result["reason"] == "OutOfMemoryError: injected by the grid (inject: oom)"
+    assert "OutOfMemoryError" in result["traceback"]
+
+
+def test_an_exception_is_reported_as_error_with_its_traceback():
+    result = run(one_cell(inject="error"), Options())
+    assert result["status"] == "error"
+    assert result["reason"] == "RuntimeError: injected by the grid (inject: error)"
+    assert "_inject" in result["traceback"]
+    assert result["train"]["trainable_params"] > 0  # what was known before the failure is kept
+
+
+def test_a_nan_loss_is_reported_as_diverged_with_the_step():
+    result = run(one_cell(inject="nan", warmup_steps=2), Options())
+    assert result["status"] == "diverged"
+    assert result["reason"] == "the loss is nan at warm-up step 1 of 2"
+
+
+def test_a_runtime_out_of_memory_message_counts_as_oom(monkeypatch):
+    def fail(*args, **kwargs):
+        raise RuntimeError("CUDA error: out of memory\nmore lines")
+
+    monkeypatch.setattr(cellmod, "_measure", fail)
+    result = run(one_cell(), Options())
+    assert (result["status"], result["reason"]) == ("oom", "RuntimeError: CUDA error: out of memory")
+
+
+def test_a_hang_blocks_until_killed():
+    worker = threading.Thread(target=cellmod._inject, args=("hang", torch.zeros(())), daemon=True)
+    worker.start()
+    worker.join(0.5)
+    assert worker.is_alive()
+
+
+def test_a_cuda_cell_without_cuda_is_skipped():
+    result = run(one_cell(device="cuda"), Options())
+    assert result["status"] == "skipped"
+    assert result["reason"] == "the cell asks for device 'cuda' and this process sees no CUDA device"
+
+
+def test_profiling_writes_a_tensorboard_and_a_chrome_trace(tmp_path):
+    result = run(one_cell(method="lora"), Options(profile_dir=str(tmp_path)))
+    assert result["status"] == "ok", result["reason"]
+    (tensorboard,) = (tmp_path / "tensorboard").glob("*.pt.trace.json")
+    for path in (tensorboard, tmp_path / "trace.json"):
+        assert json.loads(path.read_text())["traceEvents"]
+
+
+def test_a_measured_ceiling_gives_a_second_mfu():
+    train = run(one_cell(method="lora"), Options(measure_ceiling=True))["train"]
+    assert train["matmul_ceiling_flops"] > 1e8
+    expected = train["flops_per_step"] * 2 / train["measured_time_s"] / train["matmul_ceiling_flops"]
+    assert train["mfu_vs_ceiling"] == pytest.approx(expected)

@@ -1,0 +1,77 @@
+"""The command line: help that explains itself, list, env, dry runs, the run folder's name."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import cli
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str]:
+    try:
+        code = cli.main(list(argv))
+    except SystemExit as exc:  # --help
+        code = exc.code
+    return code, capsys.readouterr().out
+
+
+def test_help_names_the_commands_and_the_main_command(capsys):
+    code, out = run_cli(capsys, "--help")
+    assert code == 0
+    assert "{run,env,list}" in out and "python -m bench run --matrix default" in out
+
+
+def test_run_help_explains_statuses_injection_and_exit_codes(capsys):
+    code, out = run_cli(capsys, "run", "--help")
+    assert code == 0
+    for text in (
+        "--resume",
+        "--rerun-failed",
+        "--force",
+        "--dry-run",
+        "--profile",
+        "--measure-ceiling",
+        "inject: oom | error | nan | hang",
+        "timeout",
+        "diverged",
+        "exit codes",
+        "results.parquet",
+    ):
+        assert text in out, text
+
+
+def test_list_prints_presets_methods_precisions_tasks_and_fields(capsys):
+    code, out = run_cli(capsys, "list")
+    assert code == 0
+    for text in ("llama-8b", "7,241.7M", "tiny-vit", "peft-randlora", "bf16-amp", "throughput", "timeout_s", "default"):
+        assert text in out, text
+
+
+def test_list_can_print_one_section(capsys):
+    code, out = run_cli(capsys, "list", "precisions")
+    assert code == 0 and out.startswith("precisions:") and "presets" not in out
+
+
+def test_env_prints_the_host_and_says_when_there_is_no_gpu(capsys):
+    code, out = run_cli(capsys, "env")
+    assert code == 0 and "torch_version" in out and "git_commit" in out
+    assert "none found through NVML" in out or "gpu 0" in out
+
+
+def test_a_dry_run_lists_every_cell_with_its_hash_and_runs_nothing(capsys, tmp_path):
+    code, out = run_cli(capsys, "run", "--matrix", "default", "--dry-run", "--run-dir", str(tmp_path / "r"))
+    lines = out.splitlines()
+    assert code == 0 and len(lines) == 18 and lines[-1].startswith("17 cells from bench/grids/default.yaml")
+    assert lines[0].split()[0].isalnum() and len(lines[0].split()[0]) == 12
+    assert not (tmp_path / "r").exists()
+
+
+def test_name_chooses_the_run_folder_under_runs(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    code, out = run_cli(capsys, "run", "--matrix", "default", "--dry-run", "--name", "mine")
+    assert code == 0 and out.splitlines()[-1].endswith("run folder runs/mine (0 finished)")
+
+
+@pytest.mark.parametrize("argv", [["run", "--matrix"], ["lists"], ["list", "nothing"]])
+def test_bad_arguments_exit_2(capsys, argv):
+    assert run_cli(capsys, *argv)[0] == 2
