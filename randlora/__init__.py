@@ -24,8 +24,10 @@ from .model import (
     unmerge,
 )
 from .registry import implementations
+from .targets import ALL_LINEAR, select_modules
 
 __all__ = [
+    "ALL_LINEAR",
     "AdapterConfig",
     "ConfigError",
     "FullFinetuneConfig",
@@ -44,6 +46,7 @@ __all__ = [
     "merge",
     "read_adapter_config",
     "save_adapter",
+    "select_modules",
     "trainable_parameters",
     "unmerge",
 ]
