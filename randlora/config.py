@@ -87,6 +87,20 @@ class AdapterConfig:
         return cls(**data)
 
 
+def _validate_low_rank(config) -> None:
+    """The checks RandLoRA and LoRA share: r, alpha, dropout, param_dtype and a non-empty target list."""
+    name = type(config).__name__
+    if not isinstance(config.r, int) or isinstance(config.r, bool) or config.r <= 0:
+        raise ConfigError(f"{name}.r is {config.r!r}; it must be a positive integer (the paper uses 4 to 32).")
+    if not isinstance(config.alpha, (int, float)) or not math.isfinite(config.alpha) or config.alpha <= 0:
+        raise ConfigError(f"{name}.alpha is {config.alpha!r}; it must be a positive finite number.")
+    if not 0.0 <= config.dropout < 1.0:
+        raise ConfigError(f"{name}.dropout is {config.dropout!r}; it must be in [0, 1).")
+    _check_choice(name, "param_dtype", config.param_dtype, ParamDtype)
+    if not config.target_modules:
+        raise ConfigError(f"{name}.target_modules is empty; name at least one nn.Linear module or pattern.")
+
+
 @dataclass(frozen=True)
 class RandLoRAConfig(AdapterConfig):
     """RandLoRA: ΔW = (alpha / r) · Σ_j B_j diag(λ_j) A diag(γ_j), bases shared and regenerated from `seed`."""
@@ -103,21 +117,13 @@ class RandLoRAConfig(AdapterConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        _validate_low_rank(self)
         name = type(self).__name__
-        if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r <= 0:
-            raise ConfigError(f"{name}.r is {self.r!r}; it must be a positive integer (the paper uses 4 to 32).")
-        if not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha) or self.alpha <= 0:
-            raise ConfigError(f"{name}.alpha is {self.alpha!r}; it must be a positive finite number.")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"{name}.dropout is {self.dropout!r}; it must be in [0, 1).")
         _check_choice(name, "impl", self.impl, RandLoRAImpl)
         _check_choice(name, "basis", self.basis, Basis)
         _check_choice(name, "contraction", self.contraction, Contraction)
-        _check_choice(name, "param_dtype", self.param_dtype, ParamDtype)
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"{name}.seed is {self.seed!r}; it must be a non-negative integer.")
-        if not self.target_modules:
-            raise ConfigError(f"{name}.target_modules is empty; name at least one nn.Linear module or pattern.")
 
     @property
     def scaling(self) -> float:
@@ -137,17 +143,8 @@ class LoRAConfig(AdapterConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        name = type(self).__name__
-        if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r <= 0:
-            raise ConfigError(f"{name}.r is {self.r!r}; it must be a positive integer.")
-        if not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha) or self.alpha <= 0:
-            raise ConfigError(f"{name}.alpha is {self.alpha!r}; it must be a positive finite number.")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"{name}.dropout is {self.dropout!r}; it must be in [0, 1).")
-        _check_choice(name, "impl", self.impl, LoRAImpl)
-        _check_choice(name, "param_dtype", self.param_dtype, ParamDtype)
-        if not self.target_modules:
-            raise ConfigError(f"{name}.target_modules is empty; name at least one nn.Linear module or pattern.")
+        _validate_low_rank(self)
+        _check_choice(type(self).__name__, "impl", self.impl, LoRAImpl)
 
     @property
     def scaling(self) -> float:
