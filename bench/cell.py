@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from . import memory, methods, metrics, presets, timing
+from . import distributed, memory, methods, metrics, presets, timing
 from .cells import Cell
 from .precision import PRECISIONS, Precision
 from .tasks import TASKS
@@ -33,7 +33,6 @@ OOM_MESSAGES = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "can't allocate m
 class Options:
     """How to run a cell, beyond what it is: set by the runner, not part of the cell's hash."""
 
-    gpu_uuid: str | None = None  # the GPU the runner assigned (NVML's name for it), for the memory sampler
     profile_dir: str | None = None  # write a torch.profiler trace here
     measure_ceiling: bool = False  # time a large matmul in the cell's precision, for MFU against a measured peak
 
@@ -74,7 +73,10 @@ def _device(cell: Cell) -> torch.device:
         if cell.device == "cuda":
             raise Unrunnable("the cell asks for device 'cuda' and this process sees no CUDA device")
         return torch.device("cpu")
-    return torch.device("cuda", 0)  # the runner exposes exactly one GPU to this process
+    ranks = distributed.from_environment()  # the runner exposes exactly the cell's GPUs, one per rank
+    device = torch.device("cuda", ranks.local_rank if ranks else 0)
+    torch.cuda.set_device(device)  # before anything touches CUDA: no context on another rank's GPU
+    return device
 
 
 def _device_info(device: torch.device) -> dict:
@@ -83,6 +85,7 @@ def _device_info(device: torch.device) -> dict:
         info["device_name"] = torch.cuda.get_device_name(device)
         info["device_capability"] = ".".join(map(str, torch.cuda.get_device_capability(device)))
         info["cudnn_version"] = torch.backends.cudnn.version()
+        info["gpu_uuid"] = f"GPU-{torch.cuda.get_device_properties(device).uuid}"  # NVML's name for it
     return info
 
 
@@ -137,29 +140,44 @@ class _Setup:
     optimizer: torch.optim.Optimizer
     batch: Callable[[int], dict]  # batch(i): the inputs of step i
     step: Callable[[int], torch.Tensor]  # step(i) trains on batch(i) and returns its loss, on the device
-    base_weights: list[torch.Tensor]  # the weights of the base model's matmuls, for the FLOP count
+    matmul_params: int  # parameters of the base model's matmuls, for the FLOP count
+    trains_base: bool  # whether those weights train (full fine-tuning)
+    ranks: distributed.Ranks | None  # None: a cell of one process
 
 
 def _set_up(cell: Cell, device: torch.device, precision: Precision, task, train: dict) -> _Setup:
-    model, info = presets.build(cell.model, precision.param_dtype, device, cell.trust_remote_code)
-    base_weights = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
+    if task.build_model is not None:  # an accuracy task's pretrained model (or its teacher and probe)
+        model, info = task.build_model(cell, device, precision.param_dtype)
+    else:
+        model, info = presets.build(cell.model, precision.param_dtype, device, cell.trust_remote_code)
+    base_linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     trainable = methods.resolve_modules(model, cell.trainable_modules, "trainable_modules", linear_only=False)
     targets = methods.resolve_modules(model, cell.targets, "targets", linear_only=True, exclude=trainable)
     model = methods.METHODS[cell.method.name].adapt(model, cell.method.kwargs, targets, trainable)
     model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    train["trainable_params"] = sum(p.numel() for p in params)
+    matmul_params = sum(m.weight.numel() for m in base_linears)
+    trains_base = any(m.weight.requires_grad for m in base_linears)
+    train["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     train["total_params"] = sum(p.numel() for p in model.parameters())
+    ranks = distributed.from_environment()
+    if ranks is not None:
+        distributed.init(device)
+        train["replicated_sha256"] = distributed.check_replicated(model)
+        model = distributed.shard(model, precision, device, ranks.world_size)
+    params = [p for p in model.parameters() if p.requires_grad]  # under FSDP2: this rank's shards
     if cell.compile:
         model = torch.compile(model)
     optimizer = torch.optim.AdamW(params, lr=cell.lr, fused=device.type == "cuda")
     scaler = precision.make_scaler(device.type)
-    next_batch = task.batches(info, cell.batch_size, cell.seq_len, device, cell.seed)
+    next_batch = task.batches(info, cell.batch_size * cell.gpus, cell.seq_len, device, cell.seed)
+    if ranks is not None:
+        next_batch = distributed.rank_slice(next_batch, ranks, cell.batch_size)
+    inject = "none" if ranks is not None and not ranks.last else cell.inject  # a lone failing rank, the hard case
 
     def step(i: int) -> torch.Tensor:
-        return _train_step(model, optimizer, scaler, precision, task, device.type, cell.inject, next_batch(i))
+        return _train_step(model, optimizer, scaler, precision, task, device.type, inject, next_batch(i))
 
-    return _Setup(model, info, optimizer, next_batch, step, base_weights)
+    return _Setup(model, info, optimizer, next_batch, step, matmul_params, trains_base, ranks)
 
 
 def _measure(cell: Cell, options: Options, out: dict) -> None:
@@ -171,7 +189,7 @@ def _measure(cell: Cell, options: Options, out: dict) -> None:
     train, mem = out["train"], out["memory"]
     torch.manual_seed(cell.seed)
     with ExitStack() as stack:
-        sampler = stack.enter_context(memory.Sampler(options.gpu_uuid if device.type == "cuda" else None))
+        sampler = stack.enter_context(memory.Sampler(out["device"].get("gpu_uuid")))
         stack.callback(lambda: mem.update(sampler.read()))  # also after a failure
         peaks = memory.TorchPeaks(device)
         setup = _set_up(cell, device, precision, task, train)
@@ -189,35 +207,42 @@ def _measure(cell: Cell, options: Options, out: dict) -> None:
             with timer.step():
                 losses.append(setup.step(i))
         step_times = timer.times_s()
+        if setup.ranks is not None:
+            step_times = distributed.slowest(step_times, device)
         train["recompiles_measured"] = _compiled_graphs() - graphs_before
         _check_finite(losses, "measured")
         mem.update(peaks.read())
         train.update(_throughput(cell, setup, precision, out["device"], step_times))
-        train["loss_last"] = losses[-1].item()
+        train["loss_last"] = losses[-1].item() if setup.ranks is None else distributed.mean(losses[-1].item(), device)
 
         mem.update(_breakdown(setup, precision, task, device))
         if options.profile_dir:
             from . import profile
 
-            profile.trace(setup.step, device, options.profile_dir)
+            rank = setup.ranks.rank if setup.ranks else 0  # every rank steps (collectives); each its own trace
+            profile.trace(setup.step, device, options.profile_dir + (f"/rank{rank}" if rank else ""))
         if options.measure_ceiling:
-            train.update(_ceiling(device, precision, train))
+            train.update(_ceiling(device, precision, train, cell.gpus))
         if task.evaluate is not None:
             out["task_metrics"] = task.evaluate(setup.model, setup.info, device, cell.seed)
 
 
 def _throughput(cell: Cell, setup: _Setup, precision: Precision, device_info: dict, step_times: list[float]) -> dict:
-    tokens_per_step = cell.batch_size * cell.seq_len
+    """Throughput of the whole cell: the tokens of every rank over the slowest rank's step times; MFU against the
+    peak of all its GPUs."""
+    samples_per_step = cell.batch_size * cell.gpus
+    tokens_per_step = samples_per_step * cell.seq_len
     stats = metrics.step_stats(step_times)
     flops = metrics.model_flops_per_step(
-        matmul_params=sum(w.numel() for w in setup.base_weights),
+        matmul_params=setup.matmul_params,
         tokens=tokens_per_step,
         num_layers=setup.info.num_layers,
         hidden_size=setup.info.hidden_size,
         seq_len=cell.seq_len,
-        trains_base=any(w.requires_grad for w in setup.base_weights),
+        trains_base=setup.trains_base,
     )
     peak = metrics.peak_flops(device_info.get("device_name"), precision.peak_key)
+    peak = peak * cell.gpus if peak else peak
     return {
         "tokens_per_step": tokens_per_step,
         "step_times_s": step_times,
@@ -226,7 +251,7 @@ def _throughput(cell: Cell, setup: _Setup, precision: Precision, device_info: di
         "step_time_p90_s": stats.p90_s,
         "measured_time_s": stats.total_s,
         "tokens_per_s": metrics.throughput(tokens_per_step, step_times),
-        "samples_per_s": metrics.throughput(cell.batch_size, step_times),
+        "samples_per_s": metrics.throughput(samples_per_step, step_times),
         "flops_per_step": flops,
         "peak_flops": peak,
         "mfu": metrics.mfu(flops, step_times, peak),
@@ -248,8 +273,9 @@ def _breakdown(setup: _Setup, precision: Precision, task, device: torch.device) 
     }
 
 
-def _ceiling(device: torch.device, precision: Precision, train: dict) -> dict:
+def _ceiling(device: torch.device, precision: Precision, train: dict, gpus: int) -> dict:
+    """A matmul's FLOP/s on this GPU, and the cell's model FLOP/s over that ceiling times its GPUs."""
     dtype = precision.autocast_dtype or precision.param_dtype
     ceiling = timing.matmul_flops(device, dtype, size=8192 if device.type == "cuda" else 1024)
     achieved = train["flops_per_step"] * len(train["step_times_s"]) / train["measured_time_s"]
-    return {"matmul_ceiling_flops": ceiling, "mfu_vs_ceiling": achieved / ceiling}
+    return {"matmul_ceiling_flops": ceiling, "mfu_vs_ceiling": achieved / (ceiling * gpus)}

@@ -74,11 +74,33 @@ def _patterns(value) -> tuple[str, ...] | None:
 def _model(value) -> str:
     if not isinstance(value, str):
         raise FieldError(f"is {value!r}; it must be a preset name or 'hf:<path or hub id>'.")
+    if value in _task_models():
+        return value  # a pretrained model an accuracy task brings; `resolve` checks that the task is its own
     try:
         presets.lookup(value)
     except ValueError as exc:
         raise FieldError(str(exc)) from None
     return value
+
+
+def _task_models() -> dict[str, list[str]]:
+    """Models that tasks bring themselves -> the tasks that bring them."""
+    models: dict[str, list[str]] = {}
+    for task in TASKS.values():
+        if task.model is not None:
+            models.setdefault(task.model, []).append(task.name)
+    return models
+
+
+def _task_args(value) -> dict:
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise FieldError(f"is {value!r}; it must be a mapping from the task's argument names to values.")
+    return dict(value)
+
+
+def _frozen(value):
+    """Lists as tuples, so that task arguments sit in a frozen Cell."""
+    return tuple(_frozen(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 @dataclass(frozen=True)
@@ -134,12 +156,13 @@ FIELDS: dict[str, Field] = {
     "model": Field("tiny-llama", _model, "a preset (`python -m bench list`) or 'hf:<path or hub id>'"),
     "method": Field("randlora", method_spec, "a method name, or {name: ..., <its parameters>}"),
     "precision": Field("fp32", _choice(lambda: tuple(PRECISIONS)), "how weights are stored and matmuls computed"),
-    "batch_size": Field(1, _integer(1), "samples per step"),
+    "batch_size": Field(1, _integer(1), "samples per step (per GPU when gpus > 1)"),
     "seq_len": Field(128, _integer(1), "tokens per sample (image models: fixed by the preset)"),
     "warmup_steps": Field(3, _integer(1), "steps before timing starts; the first one is reported as first_step_s"),
     "steps": Field(8, _integer(1), "timed steps"),
     "seed": Field(0, _integer(0), "seeds the weights and the batches"),
     "task": Field("throughput", _choice(lambda: tuple(TASKS)), "what the cell trains on"),
+    "task_args": Field({}, _task_args, "the task's own arguments (bench/README.md); checked by the task"),
     "compile": Field(False, _boolean, "torch.compile the whole model (what a user would try first)"),
     "targets": Field(None, _patterns, "modules the adapters wrap; null: the preset's default", list_valued=True),
     "trainable_modules": Field(
@@ -147,6 +170,9 @@ FIELDS: dict[str, Field] = {
     ),
     "lr": Field(1e-4, _positive_number, "AdamW learning rate"),
     "device": Field("auto", _choice(lambda: DEVICES), "auto: the GPU the runner assigns, else the CPU"),
+    "gpus": Field(
+        1, _integer(1), "GPUs of the cell: N > 1 runs N ranks under torchrun, the model sharded with FSDP2"
+    ),
     "trust_remote_code": Field(False, _boolean, "for hf: models only; runs code from the model's repository"),
     "inject": Field(
         "none", _choice(lambda: INJECTIONS), "a deliberate fault at the first step: oom, error, nan loss, hang"
@@ -177,10 +203,17 @@ class Cell:
     trust_remote_code: bool
     inject: str
     timeout_s: float
+    task_args: tuple[tuple[str, Any], ...] = ()  # sorted (name, value) pairs, every default filled in by the task
+    gpus: int = 1  # ranks of the cell, one GPU each (on a CPU: processes over gloo)
+
+    @property
+    def task_kwargs(self) -> dict:
+        return dict(self.task_args)
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data["method"] = {"name": self.method.name, **self.method.kwargs}
+        data["task_args"] = self.task_kwargs
         data["targets"], data["trainable_modules"] = list(self.targets), list(self.trainable_modules)
         return data
 
@@ -191,11 +224,16 @@ class Cell:
         method = dict(data.pop("method"))
         data["method"] = MethodSpec(method.pop("name"), tuple(sorted(method.items())))
         data["targets"], data["trainable_modules"] = tuple(data["targets"]), tuple(data["trainable_modules"])
+        data["task_args"] = tuple(sorted((k, _frozen(v)) for k, v in data.get("task_args", {}).items()))
         return cls(**data)
 
     def identity(self) -> dict:
-        """The fields that define what is measured (everything but NOT_HASHED)."""
-        return {k: v for k, v in self.to_dict().items() if k not in NOT_HASHED}
+        """The fields that define what is measured (everything but NOT_HASHED; no task_args when there are none,
+        so that cells from before the field existed keep their hashes)."""
+        data = {k: v for k, v in self.to_dict().items() if k not in NOT_HASHED and (k != "task_args" or v)}
+        if data["gpus"] == 1:  # likewise for gpus, added later still
+            del data["gpus"]
+        return data
 
     @property
     def hash(self) -> str:
@@ -208,9 +246,10 @@ class Cell:
 
     def label(self) -> str:
         parts = [self.model, self.method.label(), self.precision, f"b{self.batch_size}x{self.seq_len}"]
+        parts += [f"{self.gpus}gpus"] if self.gpus > 1 else []
         parts += ["compile"] if self.compile else []
         parts += [f"seed{self.seed}"] if self.seed else []
-        parts += [self.task] if self.task != "throughput" else []
+        parts += [self.task, f"lr={self.lr:g}"] if self.task != "throughput" else []  # accuracy cells sweep lr
         parts += [f"inject={self.inject}"] if self.inject != "none" else []
         return " ".join(parts)
 
@@ -238,8 +277,24 @@ def resolve(values: dict) -> Cell:
 
     Raises FieldError (its message a whole clause) when fields contradict each other.
     """
-    preset = presets.lookup(values["model"])
-    default_targets, default_trainable = presets.default_modules(values["model"])
+    task = TASKS[values["task"]]
+    owners = _task_models().get(values["model"], [])
+    if owners and values["task"] not in owners:
+        raise FieldError(
+            f"model {values['model']!r} is the model of task(s) {', '.join(owners)}, not of task {task.name!r}."
+        )
+    if task.model is not None and values["model"] != task.model:
+        raise FieldError(f"task {task.name!r} trains its own model, so model must be {task.model!r}.")
+    if task.resolve is not None:
+        try:
+            values = task.resolve(dict(values))
+        except ValueError as exc:
+            raise FieldError(str(exc)) from None
+    elif values["task_args"]:
+        raise FieldError(f"task {task.name!r} takes no task_args.")
+    own_model = task.model is not None
+    preset = None if own_model else presets.lookup(values["model"])
+    default_targets, default_trainable = ((), ()) if own_model else presets.default_modules(values["model"])
     targets = values["targets"] if values["targets"] is not None else default_targets
     trainable = values["trainable_modules"] if values["trainable_modules"] is not None else default_trainable
     seq_len = values["seq_len"]
@@ -259,5 +314,6 @@ def resolve(values: dict) -> Cell:
             "targets": targets if uses_targets else (),
             "trainable_modules": trainable,
             "trust_remote_code": values["trust_remote_code"] and presets.is_hf(values["model"]),
+            "task_args": tuple(sorted((k, _frozen(v)) for k, v in values["task_args"].items())),
         }
     )

@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from . import launchers
 from .errors import BenchError
 
 DESCRIPTION = """\
@@ -20,6 +21,9 @@ throughput, memory and its environment as one JSON file, then a parquet/CSV tabl
   python -m bench run --matrix bench/grids/h200-anchors.yaml
   python -m bench list                          # presets, methods, precisions, tasks, grid fields
   python -m bench env                           # the hardware and software this machine offers
+  python -m bench report runs/a runs/b -o report.html   # one offline HTML report of several runs
+  python -m bench check [RUN_DIR ...]           # peak memory per cell against reports/baselines/
+  python -m bench accuracy RUN_DIR              # accuracy tasks: mean ± std over seeds at the best lr
 """
 
 SECTIONS = ("presets", "methods", "precisions", "tasks", "fields", "grids")
@@ -42,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{run,env,list}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{run,report,check,env,list}")
 
     run = commands.add_parser(
         "run",
@@ -88,14 +92,97 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also time a large matmul in each cell's precision and report MFU against it",
     )
+    launchers.add_arguments(run)
     run.set_defaults(mode="new")
 
     env = commands.add_parser("env", help="print the detected hardware and software")
     env.add_argument("--json", action="store_true", help="as JSON")
 
+    _add_report_and_check(commands)
+    accuracy = commands.add_parser(
+        "accuracy",
+        help="accuracy per task and method: mean ± std over seeds at the lr chosen on validation",
+        description="Summarize the accuracy cells of a run (bench/accuracy/summary.py) and write "
+        "RUN_DIR/accuracy_summary.csv.",
+    )
+    accuracy.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run folder")
     lister = commands.add_parser("list", help="list presets, methods, precisions, tasks, grid fields, grids")
     lister.add_argument("what", nargs="*", metavar="SECTION", help=f"any of {', '.join(SECTIONS)} (default: all)")
     return parser
+
+
+REPORT_EPILOG = """\
+RESULTS are run folders (or their results.parquet); cells from several machines and GPU types are merged.
+The file opens offline: plotly.js, the charts' data and the styles are inlined.
+"""
+
+CHECK_EPILOG = """\
+measure: max_memory_allocated on a GPU; on a CPU, parameters + gradients + optimizer state + tensors saved for
+  backward, counted (the same on every run). Baselines: reports/baselines/<device class>.json, cells keyed by
+  their memory-relevant fields. A device class without a baseline is skipped with a message.
+exit codes: 0 no regression, 1 a cell regressed, ran out of memory or was not measured, 2 bad input.
+"""
+
+
+def _add_report_and_check(commands) -> None:
+    raw = argparse.RawDescriptionHelpFormatter
+    report = commands.add_parser(
+        "report",
+        help="an HTML report of run folders",
+        epilog=REPORT_EPILOG,
+        formatter_class=raw,
+        description="One self-contained HTML file comparing the configurations of one or several runs.",
+    )
+    report.add_argument("results", nargs="+", type=Path, metavar="RESULTS", help="run folders")
+    report.add_argument("-o", "--output", type=Path, default=Path("report.html"), help="default: %(default)s")
+    report.add_argument("--title", default="RandLoRA benchmark report", help="the page's title")
+    check = commands.add_parser(
+        "check",
+        help="gate: peak memory per cell against a committed baseline",
+        epilog=CHECK_EPILOG,
+        formatter_class=raw,
+        description="Compare the memory of each cell of a run with the baseline of its device.",
+    )
+    check.add_argument(
+        "run_dirs",
+        nargs="*",
+        type=Path,
+        metavar="RUN_DIR",
+        help="run folders, checked together (default: run the embedded ci-memory grid into runs/ci-memory first)",
+    )
+    check.add_argument(
+        "--baselines",
+        type=Path,
+        default=Path("reports/baselines"),
+        metavar="DIR",
+        help="where baselines live (default: %(default)s)",
+    )
+    check.add_argument("--rtol", type=float, help="relative tolerance (default: the baseline's)")
+    check.add_argument("--atol-bytes", type=int, help="absolute tolerance in bytes (default: the baseline's)")
+    check.add_argument(
+        "--update-baseline",
+        action="store_true",
+        help="rewrite the baselines of the run's device classes from this run, on purpose",
+    )
+
+
+def _report(args) -> int:
+    from .report import build
+
+    print(f"wrote {build(args.results, args.output, title=args.title)}")
+    return 0
+
+
+def _check(args) -> int:
+    from . import check
+
+    return check.main(args.run_dirs, args.baselines, args.rtol, args.atol_bytes, args.update_baseline)
+
+
+def _accuracy(args) -> int:
+    from .accuracy import summary
+
+    return summary.main(args.run_dir)
 
 
 def _run(args) -> int:
@@ -112,6 +199,7 @@ def _run(args) -> int:
         profile=tuple(args.profile) if args.profile is not None else None,
         measure_ceiling=args.measure_ceiling,
         argv=sys.argv,
+        launcher=launchers.from_arguments(args, grid.slurm),
     )
     runner = Runner(grid, options)
     try:
@@ -201,7 +289,8 @@ def _list(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"run": _run, "env": _env, "list": _list}[args.command](args)
+        commands = {"run": _run, "report": _report, "check": _check, "env": _env, "list": _list, "accuracy": _accuracy}
+        return commands[args.command](args)
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -11,6 +11,7 @@
       - {method: full, precision: fp16-amp}
     include:                                    # extra cells over `defaults`; list values expand as a product
       - {model: tiny-bert, method: [lora, randlora]}
+    slurm: {partition: gpu, constraint: h100}   # what --launcher slurm asks for (bench/launchers/slurm.py)
 
 Fields and their defaults are `cells.FIELDS` (`python -m bench list` prints them). A method in `exclude` matches
 by name, or by a mapping whose keys all equal the cell's (e.g. {name: randlora, impl: compiled}).
@@ -28,9 +29,10 @@ from pathlib import Path
 from . import methods
 from .cells import FIELDS, Cell, FieldError, MethodSpec, resolve
 from .errors import BenchError
+from .launchers.slurm import SlurmConfig, SlurmFieldError
 from .yamlfile import Source
 
-TOP_LEVEL = ("name", "description", "defaults", "axes", "include", "exclude")
+TOP_LEVEL = ("name", "description", "defaults", "axes", "include", "exclude", "slurm")
 NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 
@@ -41,6 +43,7 @@ class Grid:
     source: str  # the file it was read from
     text: str  # the YAML as read, copied into the run folder
     cells: tuple[Cell, ...]
+    slurm: SlurmConfig = SlurmConfig()  # the `slurm:` section (frozen, so one default serves every grid)
 
 
 def embedded_grids() -> list[str]:
@@ -99,7 +102,18 @@ def parse(source: Source, default_name: str) -> Grid:
     if not cells:
         raise source.error((), "the grid defines no cells (every combination is excluded).")
     name, description = data.get("name", default_name), data.get("description", "")
-    return Grid(name, description, source.name, source.text, tuple(cells.values()))
+    return Grid(name, description, source.name, source.text, tuple(cells.values()), _slurm(source, data.get("slurm")))
+
+
+def _slurm(source: Source, section) -> SlurmConfig:
+    if section is None:
+        return SlurmConfig()
+    if not isinstance(section, dict):
+        raise source.error(("slurm",), "must be a mapping of Slurm settings (bench/README.md, 'On a Slurm cluster').")
+    try:
+        return SlurmConfig.from_dict(section)
+    except SlurmFieldError as exc:
+        raise source.error(("slurm", exc.field), str(exc)) from None
 
 
 def _list(source: Source, value, at: tuple) -> list:

@@ -13,6 +13,7 @@ breakdown        bytes of parameters, gradients, optimizer state and saved activ
 from __future__ import annotations
 
 import os
+import sys
 import threading
 
 import psutil
@@ -100,8 +101,15 @@ class Sampler:
         }
 
 
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This process's part of a tensor: a DTensor's local shard (FSDP2 parameters, gradients, optimizer state)."""
+    dtensor = sys.modules.get("torch.distributed.tensor")  # not imported here (a second); no DTensor exists before
+    return tensor.to_local() if dtensor is not None and isinstance(tensor, dtensor.DTensor) else tensor
+
+
 def tensor_bytes(tensors) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors)
+    """Bytes this process holds for `tensors` (a DTensor counts its local shard only)."""
+    return sum(t.numel() * t.element_size() for t in map(_local, tensors))
 
 
 def parameter_bytes(model: torch.nn.Module) -> int:
@@ -125,22 +133,42 @@ class SavedActivations:
     """
 
     def __init__(self, model: torch.nn.Module) -> None:
-        self._parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        self._model = model
         self._storages: dict[int, int] = {}
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+        # Under FSDP2 a block's parameters are all-gathered copies while it runs, and those are what its operations
+        # save: each running module's parameters (its own storages at that moment) are excluded as well.
+        self._running: list[set[int]] = []
+        self._handles: list = []
+
+    @staticmethod
+    def _storages_of(module: torch.nn.Module) -> set[int]:
+        return {_local(p).untyped_storage().data_ptr() for p in module.parameters()}
 
     def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
         storage = tensor.untyped_storage()
-        if storage.data_ptr() not in self._parameters:
+        if not any(storage.data_ptr() in parameters for parameters in self._running):
             self._storages[storage.data_ptr()] = storage.nbytes()
         return tensor
 
+    def _entered(self, module: torch.nn.Module, args) -> None:
+        self._running.append(self._storages_of(module))
+
+    def _left(self, module: torch.nn.Module, args, output) -> None:
+        self._running.pop()
+
     def __enter__(self) -> SavedActivations:
+        self._running.append(self._storages_of(self._model))
+        for module in self._model.modules():
+            self._handles += [module.register_forward_pre_hook(self._entered), module.register_forward_hook(self._left)]
         self._hooks.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
         self._hooks.__exit__(*exc)
+        for handle in self._handles:
+            handle.remove()
+        self._running.clear()
 
     @property
     def bytes(self) -> int:

@@ -103,8 +103,11 @@ COLUMNS: tuple[Column, ...] = (
     _c("steps", "Int64", "cell.steps", "timed steps"),
     _c("seed", "Int64", "cell.seed", "seed of weights and batches"),
     _c("task", "string", "cell.task", "what the cell trained on"),
+    _c("task_args", "string", "cell.task_args", "the task's arguments, defaults filled in, as JSON (sorted keys)"),
+    _c("lr", "float64", "cell.lr", "AdamW learning rate"),
     _c("compile", "boolean", "cell.compile", "whether the whole model was torch.compile'd"),
     _c("inject", "string", "cell.inject", "a fault the grid injected on purpose, else none"),
+    _c("gpus", "Int64", "cell.gpus", "GPUs the cell asked for: N > 1 is N ranks under torchrun with FSDP2"),
     _c("trainable_params", "Int64", "train.trainable_params", "parameters the optimizer updates"),
     _c("total_params", "Int64", "train.total_params", "all parameters of the adapted model"),
     _c("tokens_per_step", "Int64", "train.tokens_per_step", "batch_size × seq_len"),
@@ -143,12 +146,17 @@ COLUMNS: tuple[Column, ...] = (
         "memory.activation_bytes",
         "distinct tensors saved for backward, parameters excluded",
     ),
-    _c("accuracy", "float64", "task_metrics.accuracy", "from the task's evaluate(); null for throughput"),
+    _c(
+        "accuracy",
+        "float64",
+        "task_metrics.accuracy",
+        "an accuracy task's test accuracy (= test_accuracy; bench/accuracy/); null for throughput",
+    ),
     _c("device", "string", "device.device", "cuda | cpu"),
-    _c("gpu_name", "string", "env.gpu.gpu_name", "the cell's GPU (NVML)"),
+    _c("gpu_name", "string", "env.gpu.gpu_name", "the cell's GPU (NVML; rank 0's, env.gpus lists every rank's)"),
     _c("gpu_uuid", "string", "env.gpu.gpu_uuid", ""),
     _c("gpu_memory_bytes", "Int64", "env.gpu.gpu_memory_bytes", ""),
-    _c("gpu_count", "Int64", "env.gpu_count", "GPUs on the machine"),
+    _c("gpu_count", "Int64", "env.gpu_count", "GPUs the cell ran on (0 on a CPU); run.json has the machine's"),
     _c("driver_version", "string", "env.gpu.driver_version", ""),
     _c("cuda_version", "string", "device.torch_cuda_version", "CUDA torch was built with"),
     _c("power_limit_w", "float64", "env.gpu.power_limit_w", ""),
@@ -175,11 +183,16 @@ def _get(record: dict, path: tuple[str, ...]):
     return value
 
 
+def _scalar(value):
+    """A mapping or list as canonical JSON text, so that it fits one cell of the table."""
+    return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
+
+
 def table(records: list[dict]):
     """A pandas DataFrame, one row per record, COLUMNS in order with their dtypes, then task metric columns."""
     import pandas as pd
 
-    rows = [{c.name: _get(r, c.path) for c in COLUMNS} for r in records]
+    rows = [{c.name: _scalar(_get(r, c.path)) for c in COLUMNS} for r in records]
     extra: list[str] = []
     for row, record in zip(rows, records):
         for key, value in (record.get("task_metrics") or {}).items():

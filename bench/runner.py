@@ -1,10 +1,12 @@
-"""The parent: plans which cells to run, gives each its own process on its own GPU, and records every outcome.
+"""The parent: plans which cells to run, gives each its own process on its own GPUs, and records every outcome.
 
-    slots       one per GPU (CUDA_VISIBLE_DEVICES=<its UUID>), or one for the CPU; a slot runs one cell at a time
+    slots       a cell's GPUs (CUDA_VISIBLE_DEVICES=<their UUIDs>, `gpus` of them, never shared), or the CPU;
+                the launcher hands them out (bench/launchers: this machine's pool, or a Slurm job per cell)
     groups      cells equal but for batch size run in one slot, smallest batch first: once one runs out of
                 memory, the larger ones are recorded as skipped without being started
-    a cell      spec file -> `python -m bench._child spec` in a new session -> its record, or, if the process
-                dies or outlives its timeout (then its whole process group is killed), a record saying so
+    a cell      spec file -> its process (`python -m bench._child spec`, or torchrun's N ranks of it) in a new
+                session -> its record, or, if the process dies or outlives its timeout (then it and everything
+                it started are killed), a record saying so
 
 This process never touches torch.cuda (a CUDA context here would hold memory on every GPU): GPUs are found and
 checked for other processes through NVML.
@@ -13,13 +15,8 @@ checked for other processes through NVML.
 from __future__ import annotations
 
 import os
-import queue
-import signal
-import subprocess
-import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,6 +24,8 @@ from pathlib import Path
 from . import envinfo, nvml, results
 from .cells import Cell
 from .errors import BenchError
+from .launchers import Launcher, Slot
+from .launchers.local import LocalLauncher
 from .matrix import Grid
 from .methods import METHODS
 from .progress import RunProgress
@@ -34,23 +33,8 @@ from .progress import RunProgress
 MODES = ("new", "resume", "rerun-failed", "force")
 KEPT_BY_RERUN_FAILED = ("ok", "oom", "diverged")  # outcomes that running again would not change
 FAILED_STATUSES = ("error", "timeout")  # what makes `bench run` exit 1
-PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)  # put on the child's PYTHONPATH
 LOG_TAIL_CHARS = 400
 BUSY_CHECKS, BUSY_RECHECK_S = 3, 0.5
-
-
-@dataclass(frozen=True)
-class Slot:
-    """Where a cell runs: a GPU (by NVML UUID) or the CPU / whatever devices the process sees by itself."""
-
-    gpu: nvml.Gpu | None
-
-    @property
-    def name(self) -> str:
-        return f"gpu{self.gpu.index}" if self.gpu else "host"
-
-    def env(self) -> dict[str, str]:
-        return {"CUDA_VISIBLE_DEVICES": self.gpu.uuid} if self.gpu else {}
 
 
 def slots_for(gpus: list[nvml.Gpu], visible: str | None) -> list[Slot]:
@@ -59,7 +43,7 @@ def slots_for(gpus: list[nvml.Gpu], visible: str | None) -> list[Slot]:
     if visible is not None:
         wanted = [v.strip() for v in visible.split(",") if v.strip()]
         gpus = [g for g in gpus if any(w == str(g.index) or g.uuid.startswith(w) for w in wanted)]
-    return [Slot(g) for g in gpus] or [Slot(None)]
+    return [Slot((g,)) for g in gpus] or [Slot()]
 
 
 @dataclass
@@ -69,6 +53,7 @@ class RunOptions:
     profile: tuple[str, ...] | None = None  # None: no traces; (): every cell; else cells whose label/hash contains one
     measure_ceiling: bool = False
     argv: list[str] = field(default_factory=list)
+    launcher: Launcher = field(default_factory=LocalLauncher)  # where cells run: this machine, or Slurm
 
 
 @dataclass
@@ -99,7 +84,6 @@ class Runner:
         self._records = self.folder.records()
         self._kept: dict[str, dict] = {}  # records of this grid's cells that this run does not repeat
         self._lock = threading.Lock()
-        self._processes: dict[int, subprocess.Popen] = {}
         self._stopping = threading.Event()
 
     # --- planning ------------------------------------------------------------------------------------------------
@@ -130,33 +114,25 @@ class Runner:
     # --- running -------------------------------------------------------------------------------------------------
     def run(self) -> Summary:
         todo, kept = self.plan()
-        self._prepare_folder()
-        work: queue.SimpleQueue = queue.SimpleQueue()
-        for group in self.groups(todo):
-            work.put(group)
+        run_info = self._prepare_folder()
         progress = self._progress or RunProgress(len(todo))
         counts: dict[str, int] = {}
-        with progress, ThreadPoolExecutor(len(self.slots), thread_name_prefix="slot") as pool:
+        with progress:
             self._progress = progress
-            futures = [pool.submit(self._drain, slot, work, counts) for slot in self.slots]
-            try:
-                wait(futures)
-            except KeyboardInterrupt:
-                self.stop()
-                raise
-            for future in futures:
-                future.result()
+            self.options.launcher.schedule(self, self.groups(todo), counts)  # stops the run on KeyboardInterrupt
+        finished = time.time()
+        run_info.update(finished_at=_now(), wall_s=finished - run_info.pop("started_at_s"))
+        results.write_json(self.folder.root / "run.json", {**run_info, "env": self.env})
         table = results.write_table(self.folder)[0] if self.folder.records() else None
         return Summary(counts, len(kept), self.folder.root, table)
 
     def stop(self) -> None:
         """Start no more cells and kill the running ones (their cells stay unfinished, for --resume)."""
         self._stopping.set()
-        with self._lock:
-            for process in self._processes.values():
-                _kill_group(process)
+        self.options.launcher.stop()
 
-    def _prepare_folder(self) -> None:
+    def _prepare_folder(self) -> dict:
+        """Write grid.yaml and run.json; returns run.json's fields (and the start time) to complete at the end."""
         self.folder.root.mkdir(parents=True, exist_ok=True)
         (self.folder.root / "grid.yaml").write_text(self.grid.text, encoding="utf-8")
         run_info = {
@@ -164,26 +140,24 @@ class Runner:
             "argv": self.options.argv,
             "started_at": _now(),
             "mode": self.options.mode,
+            "launcher": self.options.launcher.name,
         }
         results.write_json(self.folder.root / "run.json", {**run_info, "env": self.env})
+        return {**run_info, "started_at_s": time.time()}
 
-    def _drain(self, slot: Slot, work: queue.SimpleQueue, counts: dict[str, int]) -> None:
-        while not self._stopping.is_set():
-            try:
-                group = work.get_nowait()
-            except queue.Empty:
+    def run_group(self, group: list[Cell], slot: Slot, counts: dict[str, int]) -> None:
+        """The cells of one group, in order, on `slot` (launchers call this); counts their statuses."""
+        oom_at: Cell | None = None
+        for cell in group:
+            if self._stopping.is_set():
                 return
-            oom_at: Cell | None = None
-            for cell in group:
-                if self._stopping.is_set():
-                    return
-                record = self._run_cell(cell, slot, oom_at)
-                if record is None:  # interrupted: the cell stays unfinished
-                    return
-                if record["status"] == "oom" and oom_at is None:
-                    oom_at = cell
-                with self._lock:
-                    counts[record["status"]] = counts.get(record["status"], 0) + 1
+            record = self._run_cell(cell, slot, oom_at)
+            if record is None:  # interrupted: the cell stays unfinished
+                return
+            if record["status"] == "oom" and oom_at is None:
+                oom_at = cell
+            with self._lock:
+                counts[record["status"]] = counts.get(record["status"], 0) + 1
 
     def _skip_reason(self, cell: Cell, oom_at: Cell | None) -> str | None:
         if oom_at is not None:
@@ -197,11 +171,12 @@ class Runner:
         ]
         if smaller_oom:
             return f"batch size {smaller_oom[0]['cell']['batch_size']} of the same configuration ran out of memory"
-        return METHODS[cell.method.name].unavailable_reason()
+        return METHODS[cell.method.name].unavailable_reason() or self.options.launcher.unavailable_reason(self, cell)
 
     def _run_cell(self, cell: Cell, slot: Slot, oom_at: Cell | None) -> dict | None:
         env = {k: v for k, v in self.env.items() if k != "gpus"}
-        env["gpu"] = nvml.describe(slot.gpu.uuid) if slot.gpu else None
+        env["gpus"] = [nvml.describe(gpu.uuid) for gpu in slot.gpus]  # the cell's process corrects these three
+        env["gpu"], env["gpu_count"] = (env["gpus"][0] if slot.gpus else None), len(slot.gpus)
         others = _other_processes(slot)
         run = {
             "run_name": self.folder.root.name,
@@ -229,16 +204,16 @@ class Runner:
         result_path.unlink(missing_ok=True)  # --force / --rerun-failed: the old record must not pass for a new one
         spawned_at = time.time()
         spec_path = self._write_spec(cell, slot, record, spawned_at)
-        timed_out, returncode = self._run_process(spec_path, log_path, slot, cell.timeout_s)
+        outcome = self.options.launcher.execute(self, cell, spec_path, log_path, slot)
         if result_path.exists():  # finished, even if the timeout struck just after
             return results.read_json(result_path)
         if self._stopping.is_set():
             return None  # nothing written: the cell is unfinished and --resume will run it
-        if timed_out:
-            reason = f"no result after {cell.timeout_s:g} s; the cell's processes were killed"
+        if outcome.timed_out:
+            reason = outcome.reason or f"no result after {cell.timeout_s:g} s; the cell's processes were killed"
             record.update(status="timeout", reason=reason)
         else:
-            record.update(status="error", reason=_died_reason(returncode, log_path))
+            record.update(status="error", reason=outcome.reason or _died_reason(outcome.returncode, log_path))
         record["run"]["wall_s"] = time.time() - spawned_at
         results.write_json(result_path, record)
         return record
@@ -248,7 +223,6 @@ class Runner:
         spec = {
             "cell": cell.to_dict(),
             "options": {
-                "gpu_uuid": slot.gpu.uuid if slot.gpu else None,
                 "profile_dir": str(self.folder.profile_dir(cell.hash)) if self._profiled(cell) else None,
                 "measure_ceiling": self.options.measure_ceiling,
             },
@@ -260,35 +234,6 @@ class Runner:
         results.write_json(path, spec)
         return path
 
-    def _run_process(self, spec_path: Path, log_path: Path, slot: Slot, timeout_s: float) -> tuple[bool, int]:
-        """(timed out, exit status) of `python -m bench._child spec` on the slot's GPU, killed after `timeout_s`."""
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        python_path = os.pathsep.join(filter(None, [PACKAGE_PARENT, os.environ.get("PYTHONPATH")]))
-        env = {**os.environ, **slot.env(), "PYTHONPATH": python_path}
-        with log_path.open("w", encoding="utf-8") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "bench._child", str(spec_path)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,  # its own process group, killed whole on timeout
-            )
-        with self._lock:
-            self._processes[process.pid] = process
-            if self._stopping.is_set():  # stop() ran between the check in _drain and this start
-                _kill_group(process)
-        try:
-            process.wait(timeout=timeout_s)
-            timed_out = False
-        except subprocess.TimeoutExpired:
-            _kill_group(process)
-            process.wait()
-            timed_out = True
-        finally:
-            with self._lock:
-                self._processes.pop(process.pid, None)
-        return timed_out, process.returncode
-
     def _profiled(self, cell: Cell) -> bool:
         selectors = self.options.profile
         if selectors is None:
@@ -297,24 +242,20 @@ class Runner:
 
 
 def _other_processes(slot: Slot) -> list[dict]:
-    """Processes holding memory on the slot's GPU. Asked a few times when there are some: the driver may list
-    the previous cell's process for a moment after it exited."""
-    if slot.gpu is None:
+    """Processes holding memory on the slot's GPUs. Asked a few times when there are some: the driver may list
+    the previous cell's processes for a moment after they exited."""
+    if not slot.gpus:
         return []
+
+    def holding() -> list[dict]:
+        return [p for gpu in slot.gpus for p in nvml.processes(gpu.uuid)]
+
     for _ in range(BUSY_CHECKS - 1):
-        found = nvml.processes(slot.gpu.uuid)
+        found = holding()
         if not found:
             return found
         time.sleep(BUSY_RECHECK_S)
-    return nvml.processes(slot.gpu.uuid)
-
-
-def _kill_group(process: subprocess.Popen) -> None:
-    """SIGKILL the cell's whole session: the cell and any compile workers it started."""
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    return holding()
 
 
 def _died_reason(returncode: int, log_path: Path) -> str:

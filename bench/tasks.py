@@ -4,9 +4,16 @@ A task provides
     batches(info, batch_size, seq_len, device, seed) -> next_batch(step) -> dict of model inputs with `labels`
     loss(model, batch) -> scalar tensor
     evaluate(model, info, device, seed) -> {metric: value}   (optional; merged into the cell's result row)
+and, for a task that brings its own model or arguments (all optional):
+    build_model(cell, device, dtype) -> (model, info)   instead of the cell's preset; `info` is then passed to
+                                                        batches and evaluate, so it may carry the task's data
+    model                   the name cells of this task must give as `model` (e.g. "minilm-l6"); None: any preset
+    resolve(values) -> values   checks `task_args` and fills its defaults (and, for a task's own model, the
+                                cell's targets / trainable modules), before the cell is resolved; ValueError
+                                (a clause) for bad input
 
 "throughput" trains on random tokens or random images: it measures speed and memory, not learning.
-Accuracy tasks register here the same way (`@register("name", "description")` on a `Task` factory).
+The accuracy tasks (bench/accuracy/, one file per task) register here the same way.
 """
 
 from __future__ import annotations
@@ -24,6 +31,9 @@ class Task:
     batches: Callable
     loss: Callable
     evaluate: Callable | None = None
+    build_model: Callable | None = None
+    model: str | None = None
+    resolve: Callable[[dict], dict] | None = None
 
 
 TASKS: dict[str, Task] = {}
@@ -64,3 +74,5 @@ def model_loss(model, batch: dict):
 
 
 register(Task("throughput", "random tokens / images: speed and memory only", random_batches, model_loss))
+
+from . import accuracy  # noqa: E402,F401  (registers the accuracy tasks; they import Task and register from here)

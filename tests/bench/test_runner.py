@@ -198,9 +198,13 @@ def test_slots_follow_cuda_visible_devices(visible, slots):
     assert [s.name for s in slots_for(GPUS, visible)] == slots
 
 
-def test_a_gpu_slot_exposes_its_gpu_by_uuid_and_the_host_slot_changes_nothing():
-    assert Slot(GPUS[1]).env() == {"CUDA_VISIBLE_DEVICES": "GPU-bbbb"}
-    assert slots_for([], None) == [Slot(None)] and Slot(None).env() == {}
+def test_a_gpu_slot_exposes_its_gpus_by_uuid_and_the_host_slot_changes_nothing():
+    assert Slot((GPUS[1],)).env() == {"CUDA_VISIBLE_DEVICES": "GPU-bbbb"}
+    assert (
+        Slot(tuple(GPUS)).env() == {"CUDA_VISIBLE_DEVICES": "GPU-aaaa,GPU-bbbb"}
+        and Slot(tuple(GPUS)).name == "gpu0+gpu1"
+    )
+    assert slots_for([], None) == [Slot()] and Slot().env() == {}
 
 
 def test_cells_spread_one_per_gpu_and_a_busy_gpu_is_recorded(tmp_path, monkeypatch):
@@ -248,5 +252,5 @@ def test_a_process_gone_on_the_second_look_does_not_make_the_gpu_busy(monkeypatc
     answers = iter([[{"pid": 7, "used_bytes": 1}], []])
     monkeypatch.setattr(nvml, "processes", lambda uuid: next(answers))
     monkeypatch.setattr(runner, "BUSY_RECHECK_S", 0.0)
-    assert runner._other_processes(Slot(GPUS[0])) == []
-    assert runner._other_processes(Slot(None)) == []
+    assert runner._other_processes(Slot((GPUS[0],))) == []
+    assert runner._other_processes(Slot()) == []

@@ -13,7 +13,7 @@ from bench.yamlfile import Source
 
 PRECISIONS = "'fp32', 'tf32', 'bf16', 'fp16-amp', 'bf16-amp'"
 METHODS = "'full', 'lora', 'randlora', 'peft-lora', 'peft-randlora'"
-TOP_LEVEL = "name, description, defaults, axes, include, exclude"
+TOP_LEVEL = "name, description, defaults, axes, include, exclude, slurm"
 
 # (grid text, the exact message)
 EXACT = {

@@ -1,0 +1,143 @@
+"""Launchers: how the cells of a run reach processes and machines, behind one interface.
+
+    local       this machine: its GPUs are a pool; a cell takes `gpus` of them (CUDA_VISIBLE_DEVICES=<their UUIDs>)
+                and never shares one; cells start in grid order as soon as enough GPUs are free
+    slurm       a Slurm cluster, through submitit: each cell is a job, which on its node starts the cell's process
+                as `local` would here
+
+and, under either, the process of one cell (`cell_command`):
+
+    gpus: 1     python -m bench._child <spec>
+    gpus: N     python -m bench.launchers.torchrun <spec>: torchrun's agent, starting N ranks of bench._child
+
+A launcher is a `Launcher`: `schedule` hands every group of cells to `runner.run_group` together with a `Slot`,
+`execute` runs one cell's process to its end and says how it ended (`Outcome`), `stop` ends what it started.
+The runner (bench/runner.py) does the rest the same way for every launcher: what to run, spec files, records,
+statuses.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from .. import nvml
+from ..errors import BenchError
+
+if TYPE_CHECKING:
+    from ..cells import Cell
+    from ..runner import Runner
+
+LAUNCHERS = ("local", "slurm")
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where a cell runs: some GPUs of this machine (by NVML UUID), or none: the CPU, or a machine the launcher
+    picks (`where` names it: "host", "slurm")."""
+
+    gpus: tuple[nvml.Gpu, ...] = ()
+    where: str = "host"
+
+    @property
+    def gpu(self) -> nvml.Gpu | None:
+        """The first GPU: rank 0's."""
+        return self.gpus[0] if self.gpus else None
+
+    @property
+    def name(self) -> str:
+        return "+".join(f"gpu{gpu.index}" for gpu in self.gpus) or self.where
+
+    def env(self) -> dict[str, str]:
+        return {"CUDA_VISIBLE_DEVICES": ",".join(gpu.uuid for gpu in self.gpus)} if self.gpus else {}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a cell's process ended. The runner reads the cell's record if there is one; if not, this says why."""
+
+    timed_out: bool
+    returncode: int | None
+    reason: str | None = None  # set when the launcher knows more than an exit status (a Slurm job's state)
+
+
+class Launcher(Protocol):
+    name: str
+
+    def schedule(self, runner: Runner, groups: list[list[Cell]], counts: dict[str, int]) -> None:
+        """Run every group through `runner.run_group(group, slot, counts)`; return when all are done."""
+
+    def execute(self, runner: Runner, cell: Cell, spec_path: Path, log_path: Path, slot: Slot) -> Outcome:
+        """Run the cell's process (`cell_command`) on `slot`, its output to `log_path`, to its end or timeout."""
+
+    def unavailable_reason(self, runner: Runner, cell: Cell) -> str | None:
+        """Why the cell cannot run under this launcher (it is then recorded as skipped), or None."""
+
+    def stop(self) -> None:
+        """Start nothing more and end what runs (the cells stay unfinished, for --resume)."""
+
+
+def cell_command(cell: Cell, spec_path: Path) -> list[str]:
+    """The command line of one cell's process: one process, or torchrun's agent for a cell of several GPUs."""
+    if cell.gpus > 1:
+        from . import torchrun
+
+        return torchrun.command(spec_path)
+    return [sys.executable, "-m", "bench._child", str(spec_path)]
+
+
+# `bench run`'s --slurm-* flags: (flag, SlurmConfig field, type, help)
+SLURM_FLAGS = (
+    ("--slurm-partition", "partition", str, "the partition (sbatch --partition)"),
+    ("--slurm-constraint", "constraint", str, "node features, on most clusters the GPU type, e.g. h100"),
+    ("--slurm-time", "time", str, "a job's time limit: minutes or [D-]HH:MM:SS (default: the cell's timeout + 10 min)"),
+    ("--slurm-gpus-per-node", "gpus_per_node", int, "GPUs per job (default: the cell's `gpus`)"),
+    ("--slurm-cpus-per-task", "cpus_per_task", int, "CPUs per job (default: the cluster's)"),
+    ("--slurm-account", "account", str, "the account to charge (sbatch --account)"),
+    ("--slurm-max-jobs", "max_jobs", int, "jobs in the queue at once (default: 64)"),
+    ("--slurm-executor", "executor", str, "slurm, or local: submitit's LocalExecutor, jobs as processes here"),
+)
+
+
+def add_arguments(parser) -> None:
+    """--launcher and the --slurm-* flags of `bench run`."""
+    parser.add_argument(
+        "--launcher",
+        choices=LAUNCHERS,
+        default="local",
+        help="local: this machine's GPUs as a pool (default); slurm: each cell a Slurm job, through submitit",
+    )
+    group = parser.add_argument_group("slurm", "with --launcher slurm; each flag overrides the grid's slurm: section")
+    for flag, field, kind, help_text in SLURM_FLAGS:
+        group.add_argument(flag, type=kind, metavar=field.upper(), help=help_text)
+
+
+def from_arguments(args, grid_slurm) -> Launcher:
+    """The launcher `bench run` asked for; the slurm launcher's settings are the grid's, overridden by flags."""
+    if args.launcher == "local":
+        from .local import LocalLauncher
+
+        return LocalLauncher()
+    import dataclasses
+    import importlib.util
+    import shutil
+
+    from .slurm import SlurmFieldError, SlurmLauncher
+
+    if importlib.util.find_spec("submitit") is None:
+        raise BenchError("--launcher slurm needs the submitit package: pip install -e '.[slurm]'.")
+
+    flags = {field: getattr(args, flag[2:].replace("-", "_")) for flag, field, _, _ in SLURM_FLAGS}
+    try:
+        config = dataclasses.replace(grid_slurm, **{k: v for k, v in flags.items() if v is not None})
+    except SlurmFieldError as exc:
+        flag = next((f for f, field, _, _ in SLURM_FLAGS if field == exc.field), f"slurm.{exc.field}")
+        raise BenchError(f"{flag} {exc}") from None
+    if config.executor == "slurm" and not (shutil.which("sbatch") and shutil.which("srun")):
+        raise BenchError(
+            "--launcher slurm finds no sbatch and srun on PATH; run it on a Slurm login node, "
+            "or try the path here with --slurm-executor local."
+        )
+    return SlurmLauncher(config)

@@ -1,0 +1,65 @@
+"""One rank of the FSDP2 parity check (tests/bench/test_distributed.py), started by torchrun:
+
+    python -m torch.distributed.run --standalone --nproc-per-node 2 tests/bench/fsdp_parity_worker.py OUT DEVICE
+
+Builds tiny-llama adapted with RandLoRA exactly as a cell does (bench.distributed), trains one step on its slice of
+a global batch, and rank 0 saves what the test compares with one process on the whole batch: the loss, the full
+gradients of λ and γ, the loss after one AdamW step, the digest of the replicated state, and the error that a
+rank holding other bases must raise.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+import randlora
+from bench import distributed
+from bench.precision import PRECISIONS
+from tests.bench.parity import GLOBAL_BATCH, adapted_model, global_batch, trainable_grads
+
+
+def main(out: str, device_type: str) -> None:
+    ranks = distributed.from_environment()
+    device = torch.device("cuda", ranks.local_rank) if device_type == "cuda" else torch.device("cpu")
+    distributed.init(device)
+    model = adapted_model(device)
+    digest = distributed.check_replicated(model)
+    model = distributed.shard(model, PRECISIONS["fp32"], device, ranks.world_size)
+    batch = distributed.rank_slice(lambda step: global_batch(device), ranks, GLOBAL_BATCH // ranks.world_size)(0)
+
+    loss = model(**batch).loss
+    loss.backward()
+    grads = {name: grad.full_tensor().cpu() for name, grad in trainable_grads(model).items()}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    optimizer.step()
+    with torch.no_grad():
+        loss_after = model(**batch).loss
+
+    bank = next(layer.bank for _, layer in randlora.adapter_layers(model))
+    if ranks.rank == 1:
+        bank.A = bank.A + 1.0  # this rank now holds other bases than rank 0
+    try:
+        distributed.check_replicated(model)
+        mismatch = None
+    except RuntimeError as exc:
+        mismatch = str(exc)
+
+    result = {
+        "loss": distributed.mean(loss.item(), device),
+        "loss_after_step": distributed.mean(loss_after.item(), device),
+        "grads": grads,
+        "digests": distributed.gather(digest),
+        "mismatch": mismatch,
+        "local_lambda_rows": distributed.gather(
+            next(p.to_local().shape[0] for n, p in model.named_parameters() if n.endswith("randlora_lambda"))
+        ),
+    }
+    if ranks.rank == 0:
+        torch.save(result, out)
+    distributed.finish()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

@@ -1,0 +1,144 @@
+"""`bench report`: one offline HTML file, every section, ratios, unfinished cells kept, every result string escaped.
+(The rendering in a real browser is tests/bench/test_report_browser.py.)"""
+
+from __future__ import annotations
+
+import re
+import sys
+import types
+
+import pytest
+from plotly.offline import get_plotlyjs
+
+from bench import cli
+from bench.report import build, data, tables
+
+from .report_runs import HOSTILE_MODEL, HOSTILE_REASON, HOSTILE_TRACEBACK, write_runs
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    return write_runs(root)
+
+
+@pytest.fixture(scope="module")
+def page(runs_dir, tmp_path_factory) -> str:
+    out = build(runs_dir, tmp_path_factory.mktemp("report") / "report.html", title="Test <report>")
+    return out.read_text(encoding="utf-8")
+
+
+def test_the_page_is_one_file_that_needs_no_network(page):
+    assert page.count(get_plotlyjs()[:200]) == 1  # plotly.js inlined once for every chart
+    assert not re.search(r"<(script|img|iframe)[^>]*\bsrc=|<link\b|@import|url\(https?:", page)
+
+
+def test_every_string_from_a_result_is_escaped(page):
+    for hostile in (HOSTILE_MODEL, HOSTILE_REASON, HOSTILE_TRACEBACK, "Test <report>"):
+        assert hostile not in page
+    assert "hf:&lt;img src=x onerror=&#34;window.__xss=1&#34;&gt;" in page  # in the tables, as text
+    assert "&lt;/td&gt;&lt;script&gt;window.__xss=2&lt;/script&gt;" in page
+    assert "&lt;/pre&gt;&lt;script&gt;window.__xss=3&lt;/script&gt;" in page
+    charts = re.findall(r'<script type="application/json" id="[^"]+">(.*?)</script>', page, re.DOTALL)
+    assert charts and all("<" not in c and ">" not in c for c in charts)  # no string can close the element
+    assert any("hf:\\u0026lt;img" in c for c in charts)  # escaped again for plotly, which renders some HTML
+
+
+def test_the_sections_are_all_there(page):
+    for heading in (
+        "Summary",
+        "Accuracy",
+        "NVIDIA A100-SXM4-80GB",
+        "NVIDIA H200",
+        "Cells that did not finish",
+        "Environment",
+    ):
+        assert f">{heading}</" in page, heading
+    for title in ("tokens/s", "peak memory", "test accuracy"):
+        assert f"<h3>{title}</h3>" in page
+        assert f"<summary>{title}, ratio to LoRA</summary>" in page
+        assert f"<summary>{title}, ratio to full fine-tuning</summary>" in page
+    for chart in ("throughput", "memory", "acc-params", "acc-memory", "steps"):
+        assert f'id="gpu-nvidia-h200-{chart}"' in page, chart
+    assert 'id="gpu-nvidia-a100-sxm4-80gb-acc-params"' not in page  # no accuracy on the A100: no empty chart
+    for text in ("gpu-box-1", "gpu-box-2", "NVIDIA H200", "abc123", "12.8", "-m bench run --matrix h200-run.yaml"):
+        assert text in page, text
+
+
+def test_cells_that_did_not_finish_show_their_status_and_reason_in_the_tables(page):
+    assert re.search(r'<td class="status-oom" title="oom: made up for the test">OOM</td>', page)
+    assert re.search(r'<td class="status-skipped" title="skipped: made up for the test">SKIPPED</td>', page)
+    assert page.count('<span class="badge error">error</span>') == 1
+    assert "<details><summary>traceback</summary><pre>Traceback (most recent call last):" in page
+
+
+def test_ratios_compare_with_lora_and_full_of_the_same_setting(runs_dir):
+    runs = data.load(runs_dir)
+    frame = runs.frame
+    vs_lora, method = data.ratio_to(frame, "tokens_per_s", data.LORA_METHODS)
+    vs_full, _ = data.ratio_to(frame, "tokens_per_s", ("full",))
+    row = frame.index[
+        (frame["gpu_type"] == "NVIDIA H200") & (frame["config"] == "randlora.eager r=32") & (frame["model"] == "tiny-llama")
+        & (frame["batch_size"] == 2) & (frame["variant"] == "lr=0.001")
+    ]  # fmt: skip
+    assert method == "lora" and vs_lora[row].tolist() == [1.5] and vs_full[row].tolist() == [1.2]
+    a100 = frame.index[(frame["gpu_type"] != "NVIDIA H200") & (frame["config"] == "randlora.eager r=32")]
+    assert vs_lora[a100].tolist() == [600 / 400]
+
+
+def test_runs_that_differ_only_in_a_setting_stay_apart_in_the_pivots(runs_dir):
+    frame = data.load(runs_dir).frame
+    h200 = frame[frame["gpu_type"] == "NVIDIA H200"]
+    assert set(h200["variant"]) == {"lr=0.0001", "lr=0.001"}
+    assert set(frame.loc[frame["gpu_type"] != "NVIDIA H200", "variant"]) == {""}
+    plain = tables.pivots(h200)[0][0]
+    assert plain.row_names == ["configuration", "precision", "variant"]
+    labels = [tuple(label) for label, _ in plain.rows]
+    assert ("lora r=16", "fp32", "lr=0.0001") in labels and ("lora r=16", "fp32", "lr=0.001") in labels
+    assert plain.columns[0] == ("tiny-llama", ["1×64", "2×64"])  # models by size, then batch × sequence
+
+
+def test_the_summary_names_the_best_configuration_per_goal(runs_dir):
+    best = {(b["gpu_type"], b["model"], b["goal"]): b for b in tables.summary(data.load(runs_dir))}
+    fast = best[("NVIDIA H200", "tiny-llama", "speed")]
+    assert fast["config"].startswith("randlora.eager r=32, fp32, batch 2×64") and fast["vs_lora"] == "1.50×"
+    small = best[("NVIDIA A100-SXM4-80GB", "tiny-llama", "memory")]
+    assert (
+        small["config"].startswith("randlora.eager r=32") and small["value"] == "1 GiB" and small["vs_full"] == "0.33×"
+    )
+
+
+def test_accuracy_is_summarised_by_the_accuracy_protocol(page):
+    """bench/accuracy/summary.py picks the lr on validation (0.001: 0.86 > 0.81), then reports test at it."""
+    assert "From bench/accuracy/summary.py" in page
+    row = re.search(r"<tr><td class=\"text\">throughput</td><td class=\"text\">tiny-llama</td>"
+                    r"<td class=\"text\">randlora.eager r=32</td>(.*?)</tr>", page)  # fmt: skip
+    cells = re.findall(r"<td class=\"text\">(.*?)</td>", row.group(1))
+    assert cells == ["fp32", "1×64", "4,600", "0.001", "1", "91.0 %", "test_accuracy", "90.0 %", "0"]  # one seed: no ±
+
+
+def test_an_accuracy_summary_is_shown_as_it_comes_with_every_string_escaped(runs_dir, tmp_path, monkeypatch):
+    import pandas as pd
+
+    fake = types.ModuleType("bench.accuracy.summary")
+    fake.summarize = lambda frame: pd.DataFrame({"task": ["<trec6>"], "method": ["lora"], "test": ["85.0 ± 0.1"]})
+    monkeypatch.setitem(sys.modules, "bench.accuracy.summary", fake)
+    page = build(runs_dir, tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "From bench/accuracy/summary.py" in page and "&lt;trec6&gt;" in page and "85.0 ± 0.1" in page
+
+
+def test_the_pareto_front_keeps_the_points_nothing_beats():
+    xs, ys = [1, 2, 2, 3, 4, 5], [0.5, 0.7, 0.6, 0.7, 0.9, 0.8]
+    assert data.pareto_front(xs, ys) == [0, 1, 4]
+
+
+@pytest.mark.parametrize(("value", "text"), [(512, "512 B"), (3 * 2**20, "3 MiB"), (23.94 * 2**30, "23.9 GiB")])
+def test_bytes_read_in_binary_units(value, text):
+    assert tables.fmt_bytes(value) == text
+
+
+def test_the_command_line_writes_the_report_and_refuses_a_folder_without_results(runs_dir, tmp_path, capsys):
+    out = tmp_path / "sub" / "r.html"
+    assert cli.main(["report", *map(str, runs_dir), "-o", str(out)]) == 0 and out.stat().st_size > 1_000_000
+    assert cli.main(["report", str(tmp_path), "-o", str(out)]) == 2
+    assert "is not a run folder" in capsys.readouterr().err
