@@ -92,7 +92,8 @@ def scores(predicted: torch.Tensor, labels: torch.Tensor, num_labels: int) -> di
     that occur in the labels or the predictions (scikit-learn's `f1_score(average="macro")`)."""
     predicted, labels = predicted.cpu(), labels.cpu()
     hits = torch.bincount(labels[predicted == labels], minlength=num_labels).double()
-    occurrences = (torch.bincount(predicted, minlength=num_labels) + torch.bincount(labels, minlength=num_labels)).double()
+    occurrences = torch.bincount(predicted, minlength=num_labels) + torch.bincount(labels, minlength=num_labels)
+    occurrences = occurrences.double()
     present = occurrences > 0
     f1 = 2 * hits[present] / occurrences[present]
     return {"accuracy": (predicted == labels).double().mean().item(), "macro_f1": f1.mean().item()}

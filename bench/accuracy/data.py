@@ -22,10 +22,10 @@ import gzip
 import hashlib
 import io
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -79,7 +79,7 @@ def content_key(example: str | bytes) -> str:
 def split_indices(keys: Sequence[str | bytes], n_val: int, n_test: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(train, val, test) indices into `keys`, decided by each key's salted hash: disjoint, and the same forever."""
     if n_val + n_test >= len(keys):
-        raise ValueError(f"{len(keys)} examples cannot give {n_val} validation and {n_test} test examples and a training set")
+        raise ValueError(f"{len(keys)} examples leave no training set after {n_val} validation and {n_test} test")
     order = np.array(sorted(range(len(keys)), key=lambda i: content_key(keys[i])), dtype=np.int64)
     return order[n_test + n_val :], order[n_test : n_test + n_val], order[:n_test]
 
@@ -167,7 +167,8 @@ def _read_idx(path: Path) -> np.ndarray:
 def fashion_mnist(directory: str | Path | None = None) -> tuple[Split, Split]:
     """(train 60k, test 10k) of Fashion-MNIST from the Debian package's gzipped IDX files (or `directory`)."""
     root = Path(directory) if directory else FASHION_MNIST_DIR
-    files = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+    kinds = (("images", 3), ("labels", 1))
+    files = [f"{part}-{kind}-idx{dims}-ubyte.gz" for part in ("train", "t10k") for kind, dims in kinds]
     missing = [name for name in files if not (root / name).is_file()]
     if missing:
         raise MissingResource(

@@ -56,7 +56,8 @@ def load(args: dict) -> data.Dataset:
     train = loaded[args["train_split"]]
     for column in (args["text_column"], args["label_column"]):
         if column not in train.column_names:
-            raise ValueError(f"dataset {args['dataset']!r} has no column {column!r}; it has {', '.join(train.column_names)}")
+            columns = ", ".join(train.column_names)
+            raise ValueError(f"dataset {args['dataset']!r} has no column {column!r}; it has {columns}")
     names, ids = _class_names(train.features[args["label_column"]], train[args["label_column"]])
 
     def split_of(rows) -> data.Split:

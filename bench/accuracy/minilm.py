@@ -9,6 +9,7 @@ the weights (relative error of the hidden states about 1e-3).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -53,17 +54,28 @@ def load_classifier(path: Path, num_labels: int, device, dtype):
     the cell seeds), weights read in float32 whatever the file's dtype, then moved to `device` and `dtype`."""
     import torch
     from transformers import AutoModelForSequenceClassification
-    from transformers.utils import logging
 
-    verbosity = logging.get_verbosity()
-    logging.set_verbosity_error()  # the new head's "newly initialized" report is expected, not news
-    try:
+    with quiet_loading():  # the new head's "newly initialized" report is expected, not news
         model = AutoModelForSequenceClassification.from_pretrained(
             str(path), num_labels=num_labels, dtype=torch.float32, attn_implementation="sdpa"
         )
+    return model.to(device=device, dtype=dtype)
+
+
+@contextlib.contextmanager
+def quiet_loading():
+    """transformers without its load report and progress bars (cell logs keep what matters)."""
+    from transformers.utils import logging
+
+    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
     finally:
         logging.set_verbosity(verbosity)
-    return model.to(device=device, dtype=dtype)
+        if bars:
+            logging.enable_progress_bar()
 
 
 def write_fp16_copy(out: str | Path, source: str | None = None) -> Path:

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vit-cache", type=Path, metavar="DIR", help="pretrain the ViT into this cache folder")
     parser.add_argument("--vit-seed", type=int, default=0, help="the ViT's pretraining seed (default %(default)s)")
     parser.add_argument("--vit-epochs", type=int, default=2, help="epochs of Fashion-MNIST (default %(default)s)")
-    parser.add_argument("--fashion-mnist", metavar="DIR", help="the Fashion-MNIST IDX files (default: the Debian package's)")
+    parser.add_argument("--fashion-mnist", metavar="DIR", help="Fashion-MNIST's IDX files (default: Debian's)")
     parser.add_argument("--device", default="cpu", help="where to pretrain the ViT (default %(default)s)")
     args = parser.parse_args(argv)
     if args.minilm_out is None and args.vit_cache is None:
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"ViT: {folder} ({_size_mb(folder):.1f} MB), seed {record['seed']}, {record['epochs']} epochs, "
                 f"Fashion-MNIST test accuracy {record['fashion_mnist_test_accuracy']:.4f}, "
-                f"{record['train_s']:.0f} s on {record['device']}; in a grid: task_args: {{cache_dir: {args.vit_cache}}}"
+                f"{record['train_s']:.0f} s on {record['device']}; grids: task_args: {{cache_dir: {args.vit_cache}}}"
             )
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)

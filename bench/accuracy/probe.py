@@ -226,14 +226,14 @@ def _with_teacher_outputs(model, info, probe: Probe, cell, args: dict, device, d
     chunks = {split: [_draw_inputs(info, min(size, total - i), cell.seq_len, generator, device)
                       for i in range(0, total, size)] for split in ("val", "test")}
     with torch.no_grad():
-        base = {key: [_outputs(model, x, causal)[0] for x in xs] for key, xs in (("pool", pool_inputs), *chunks.items())}
+        base = {key: [_outputs(model, x, causal)[0] for x in xs] for key, xs in {"pool": pool_inputs, **chunks}.items()}
         for name, (_, change) in probe.layers.items():
             model.get_submodule(name).weight.add_(change.to(dtype))
         teacher_pool = [_outputs(model, x, causal)[0] for x in pool_inputs]
         held = {}
         for split, xs in chunks.items():
-            outs = [_outputs(model, x, causal, all_logits=True) for x in xs]
-            held[split] = Held(xs, [h for h, _ in outs], [t for _, t in outs], _mean_gap(base[split], [h for h, _ in outs]))
+            hidden, top1 = zip(*(_outputs(model, x, causal, all_logits=True) for x in xs))
+            held[split] = Held(xs, list(hidden), list(top1), _mean_gap(base[split], hidden))
         for name, (w0, _) in probe.layers.items():
             model.get_submodule(name).weight.copy_(w0)
     pool = [{"inputs": x, "target": t} for x, t in zip(pool_inputs, teacher_pool)]

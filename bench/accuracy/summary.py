@@ -103,8 +103,8 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
 def format_table(summary: pd.DataFrame) -> str:
     """The summary as aligned text: task, model, method, trainable count, chosen lr, mean ± std (headline)."""
     lines = []
-    header = f"{'task':<16} {'model':<11} {'method':<34} {'trainable':>10} {'lr':>8} {'seeds':>5}  headline (test, mean ± std)"
-    lines.append(header)
+    lines.append(f"{'task':<16} {'model':<11} {'method':<34} {'trainable':>10} {'lr':>8} {'seeds':>5}  "
+                 "headline (test, mean ± std)")
     for row in summary.itertuples(index=False):
         method = _method_label(row)
         trainable = f"{row.trainable_params:,.0f}" if not _missing(row.trainable_params) else "-"

@@ -9,7 +9,7 @@ Texts are tokenized once, padded (or truncated) to the cell's `seq_len`, and kep
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from ..tasks import Task, model_loss, register
 from . import classify, minilm
@@ -70,7 +70,9 @@ def model_builder(load: Callable[[dict], Dataset]) -> Callable:
         path = minilm.folder(args["model_dir"])
         tokenizer = minilm.load_tokenizer(path)
         splits = [_encode(tokenizer, s, cell.seq_len, device) for s in (dataset.train, dataset.val, dataset.test)]
-        data = classify.ClassificationData(*splits, num_labels=dataset.num_labels, eval_batch_size=args["eval_batch_size"])
+        data = classify.ClassificationData(
+            *splits, num_labels=dataset.num_labels, eval_batch_size=args["eval_batch_size"]
+        )
         model = minilm.load_classifier(path, dataset.num_labels, device, dtype)
         config = model.config
         info = ModelInfo(

@@ -112,7 +112,8 @@ def pretrain(out: Path, seed: int, epochs: int, samples: int | None, fashion_mni
         per_epoch = len(x) // batch
         total = epochs * per_epoch
         optimizer = torch.optim.AdamW(model.parameters(), lr=RECIPE["lr"], weight_decay=RECIPE["weight_decay"])
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total)))
+        cosine = lambda step: 0.5 * (1 + math.cos(math.pi * step / total))
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
         generator = torch.Generator().manual_seed(seed)
         model.train()
         for _ in range(epochs):
@@ -127,7 +128,10 @@ def pretrain(out: Path, seed: int, epochs: int, samples: int | None, fashion_mni
         test_images = test.inputs if samples is None else test.inputs[:samples]
         x_test = pixels(test_images, device, torch.float32)
         accuracy = _accuracy(model, x_test, torch.as_tensor(test.labels[: len(test_images)]).to(device))
-    model.save_pretrained(str(out))
+    from .minilm import quiet_loading
+
+    with quiet_loading():
+        model.save_pretrained(str(out))
     record = {
         "seed": seed,
         "epochs": epochs,
@@ -162,9 +166,12 @@ def load_for_transfer(folder: Path, device, dtype):
     import torch
     import transformers
 
-    model = transformers.ViTForImageClassification.from_pretrained(
-        str(folder), dtype=torch.float32, attn_implementation="sdpa"
-    )
+    from .minilm import quiet_loading
+
+    with quiet_loading():
+        model = transformers.ViTForImageClassification.from_pretrained(
+            str(folder), dtype=torch.float32, attn_implementation="sdpa"
+        )
     model.classifier.reset_parameters()
     record = json.loads((folder / "pretrain.json").read_text(encoding="utf-8"))
     return model.to(device=device, dtype=dtype), record

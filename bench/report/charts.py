@@ -13,7 +13,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
 
-from .data import pareto_front
+from .data import model_order, pareto_front
 from .tables import fmt_bytes, fmt_fraction, fmt_rate
 
 HEIGHT = 420
@@ -154,16 +154,17 @@ def accuracy_versus(rows: pd.DataFrame, accuracy: str, x: str, x_title: str, tit
 
 
 def step_spread(rows: pd.DataFrame, records: list[dict], title: str) -> go.Figure | None:
-    """A box per finished cell over its measured step times."""
-    ok = rows[rows["status"] == "ok"]
+    """A box per finished cell over its measured step times, the largest model at the top."""
+    ok = rows[rows["status"] == "ok"].copy()
+    ok["_size"] = ok["model"].map({m: n for n, m in enumerate(model_order(rows))})
     fig = go.Figure()
-    for i in ok.sort_values(["model", "config", "precision", "batch_size"]).index:
+    for i in ok.sort_values(["_size", "config", "precision", "batch_size", "variant"]).index:
         times = (records[i].get("train") or {}).get("step_times_s") or []
         if times:
             fig.add_trace(
                 go.Box(
                     x=[1e3 * t for t in times],
-                    name=_e(ok.at[i, "label"]),
+                    name=_e(" · ".join(filter(None, (ok.at[i, "label"], ok.at[i, "variant"])))),  # one row per cell
                     boxpoints="all",
                     jitter=0.3,
                     orientation="h",

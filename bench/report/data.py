@@ -6,8 +6,9 @@ Derived columns, beside `results.COLUMNS` and the task metrics:
     gpu_type      the GPU's NVML name, or "CPU (<cpu name>)": the report has one section per value
     config        the method as a label ("randlora.eager r=32"), " compile" when the model was compiled, and any
                   method parameter that differs between otherwise equal labels ("alpha=320")
-    variant       the other cell fields that vary within a GPU type (seq_len, lr, task, ..., and the run when
-                  several runs share a GPU type): rows that differ only there are kept apart, never averaged
+    variant       'field=value' for what tells apart cells that would otherwise share a pivot's cell: the run when
+                  several runs hold them, and the fields that differ within one run (seed, lr, ...); such rows are
+                  kept apart, never averaged
     memory_bytes  peak_allocated_bytes on a GPU; on a CPU (no allocator peaks) check.counted_bytes: parameters +
                   gradients + optimizer state + tensors saved for backward
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from .. import results
-from ..cells import MethodSpec
+from ..cells import Cell, MethodSpec
 from ..check import counted_bytes, device_class
 from ..errors import BenchError
 
@@ -63,9 +64,8 @@ def load(paths: list[Path]) -> Runs:
     if not records:
         raise BenchError(f"no cell results in {', '.join(map(str, paths))}; run a grid first (python -m bench run).")
     frame = results.table(records)
-    for name in ("lr", "seed"):  # cell fields the accuracy summary groups by, where the table lacks them
-        if name not in frame:
-            frame[name] = pd.array([r["cell"].get(name) for r in records], dtype="Float64" if name == "lr" else "Int64")
+    if "lr" not in frame:  # the accuracy summary compares learning rates
+        frame["lr"] = pd.array([r["cell"].get("lr") for r in records], dtype="Float64")
     frame["run"] = pd.array(run_names, dtype="string")
     frame["machine"] = pd.array([(r.get("env") or {}).get("hostname") for r in records], dtype="string")
     frame["gpu_type"] = pd.array([_gpu_type(r) for r in records], dtype="string")
@@ -101,27 +101,35 @@ def _configs(records: list[dict]) -> list[str]:
     return configs
 
 
+def _cell_fields(record: dict) -> dict[str, str]:
+    """The record's cell fields outside SHOWN as text, defaults filled in (records written before a field existed
+    read as its default, so they do not differ from newer ones)."""
+    try:
+        cell = Cell.from_dict(record["cell"]).to_dict()
+    except (TypeError, KeyError):  # a record from another version of the harness: take it as written
+        cell = dict(record["cell"])
+    if not cell.get("targets"):  # full fine-tuning has none: not a difference between configurations
+        cell.pop("targets", None)
+    return {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in cell.items() if k not in SHOWN}
+
+
 def _variants(frame: pd.DataFrame, records: list[dict]) -> list[str]:
-    """Per row, 'field=value' for the cell fields (and the run) that tell apart cells which would otherwise share
-    a table cell: same GPU type, configuration, precision, model, batch size and sequence length."""
-
-    def fields(i: int) -> dict[str, str]:
-        cell = {k: v for k, v in records[i]["cell"].items() if k not in SHOWN}
-        if not cell.get("targets"):  # full fine-tuning has none: not a difference between configurations
-            cell.pop("targets", None)
-        text = {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in cell.items()}
-        return {"run": frame.at[i, "run"], **text}
-
-    per_row = {i: fields(i) for i in frame.index}
+    """Per row, 'field=value' for what tells apart cells that would otherwise share a pivot's cell (same GPU type,
+    configuration, precision, model, batch size and sequence length): the run, when several runs hold such cells,
+    and the cell fields that differ between such cells of one run (a seed, a learning rate)."""
+    fields = {i: {"run": frame.at[i, "run"], **_cell_fields(records[i])} for i in frame.index}
     variants = pd.Series("", index=frame.index, dtype=object)
     for rows in frame.groupby("gpu_type").groups.values():
         needed: set[str] = set()
         for same in frame.loc[rows].groupby(list(TABLE_CELL), dropna=False).groups.values():
-            if len(same) > 1:
-                keys = {k for i in same for k in per_row[i]}
-                needed |= {k for k in keys if len({per_row[i].get(k) for i in same}) > 1}
+            if frame.loc[same, "run"].nunique() > 1:
+                needed.add("run")
+            for one_run in frame.loc[same].groupby("run").groups.values():
+                keys = {k for i in one_run for k in fields[i]}
+                needed |= {k for k in keys if len({fields[i].get(k) for i in one_run}) > 1}
+        order = ["run"] * ("run" in needed) + sorted(needed - {"run"})
         for i in rows:
-            variants[i] = " ".join(f"{k}={per_row[i].get(k, '-')}" for k in sorted(needed))
+            variants[i] = " ".join(f"{k}={fields[i].get(k, '-')}" for k in order)
     return variants.tolist()
 
 
@@ -142,9 +150,10 @@ def accuracy_summary(frame: pd.DataFrame) -> pd.DataFrame | None:
 
 
 def ratio_to(frame: pd.DataFrame, value: str, methods: tuple[str, ...]) -> tuple[pd.Series, str | None]:
-    """`value` of each row over that of the reference method's row of the same run, GPU type, model, precision,
-    batch size, sequence length, compile flag and variant; the reference is the first of `methods` present (several configs of it:
-    the first by label). Returns (ratios, the reference method or None)."""
+    """`value` of each row over that of the reference method's row with the same GPU type, model, precision, batch
+    size, sequence length, compile flag and variant (which names the run when several runs hold the same cell).
+    The reference is the first of `methods` that finished somewhere (of several configurations of it, the first by
+    label). Returns (ratios, the reference method or None)."""
     ok = frame["status"] == "ok"
     method = next((m for m in methods if (ok & (frame["method"] == m)).any()), None)
     if method is None:

@@ -4,6 +4,7 @@ method × precision against model × batch size, the cells that did not finish, 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -34,8 +35,7 @@ class Pivot:
 class Metric:
     column: str
     title: str
-    fmt: object  # float -> str
-    higher_is_better: bool
+    fmt: Callable[[float], str]
 
 
 def fmt_rate(v: float) -> str:
@@ -59,10 +59,10 @@ def fmt_fraction(v: float) -> str:
 
 def metrics(frame: pd.DataFrame) -> list[Metric]:
     found = [
-        Metric("tokens_per_s", "tokens/s", fmt_rate, True),
-        Metric("memory_bytes", "peak memory", fmt_bytes, False),
+        Metric("tokens_per_s", "tokens/s", fmt_rate),
+        Metric("memory_bytes", "peak memory", fmt_bytes),
     ]
-    return found + [Metric(c, c.replace("_", " "), fmt_fraction, True) for c in accuracy_columns(frame)[:1]]
+    return found + [Metric(c, c.replace("_", " "), fmt_fraction) for c in accuracy_columns(frame)[:1]]
 
 
 MEMORY_NOTE = (
@@ -81,97 +81,77 @@ def _value(row: pd.Series, number: float | None, fmt) -> Value:
     return Value("–", "not measured") if number is None else Value(fmt(number), str(row["label"]))
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """Where each cell of one GPU type goes: rows (configuration, precision, variant), columns (model, batch × seq)."""
+
+    row_keys: list[tuple[str, str, str]]
+    columns: list[tuple[str, list[tuple[int, int]]]]
+    index: dict[tuple, int]  # (config, precision, variant, model, batch_size, seq_len) -> frame index
+    with_variant: bool
+
+    @classmethod
+    def of(cls, rows: pd.DataFrame) -> _Layout:
+        columns = []
+        for model in model_order(rows):
+            shapes = rows.loc[rows["model"] == model, ["batch_size", "seq_len"]].drop_duplicates().dropna()
+            columns.append((model, sorted((int(b), int(s)) for b, s in shapes.itertuples(index=False))))
+        keys = ["config", "precision", "variant"]
+        row_keys = [tuple(k) for k in rows[keys].drop_duplicates().sort_values(keys).itertuples(index=False)]
+        cell = rows[[*keys, "model", "batch_size", "seq_len"]]
+        index = {tuple(key): i for i, key in zip(rows.index, cell.itertuples(index=False))}
+        return cls(row_keys, columns, index, bool(rows["variant"].fillna("").str.len().gt(0).any()))
+
+    def pivot(self, rows: pd.DataFrame, title: str, note: str, values: pd.Series, fmt) -> Pivot:
+        names = ["configuration", "precision"] + (["variant"] if self.with_variant else [])
+        header = [(model, [f"{b}×{s}" for b, s in shapes]) for model, shapes in self.columns]
+        table = Pivot(title, note, names, header)
+        for key in self.row_keys:
+            cells = []
+            for model, shapes in self.columns:
+                for batch, seq in shapes:
+                    i = self.index.get((*key, model, batch, seq))
+                    cells.append(Value("") if i is None else _value(rows.loc[i], _number(values[i]), fmt))
+            table.rows.append((list(key if self.with_variant else key[:2]), cells))
+        return table
+
+
 def pivots(rows: pd.DataFrame) -> list[tuple[Pivot, Pivot | None, Pivot | None]]:
     """For each metric of one GPU type: its pivot, and the same as a ratio to LoRA and to full fine-tuning."""
-    columns = []
-    for model in model_order(rows):
-        here = rows.loc[rows["model"] == model, ["batch_size", "seq_len"]].drop_duplicates().dropna()
-        columns.append((model, sorted((int(b), int(s)) for b, s in here.itertuples(index=False))))
-    header = [(m, [f"{b}×{s}" for b, s in shapes]) for m, shapes in columns]
-    row_keys = (
-        rows[["config", "precision", "variant"]].drop_duplicates().sort_values(["config", "precision", "variant"])
-    )
-    with_variant = bool(rows["variant"].fillna("").str.len().gt(0).any())
-    names = ["configuration", "precision"] + (["variant"] if with_variant else [])
-    index = {
-        (r.config, r.precision, r.variant, r.model, r.batch_size, r.seq_len): i
-        for i, r in zip(
-            rows.index, rows[["config", "precision", "variant", "model", "batch_size", "seq_len"]].itertuples()
-        )
-    }
-    out = []
+    layout, out = _Layout.of(rows), []
     for metric in metrics(rows):
-        plain = Pivot(metric.title, "", names, header)
-        ratios = []
+        tables = [layout.pivot(rows, metric.title, "", rows[metric.column], metric.fmt)]
         for label, methods in (("LoRA", LORA_METHODS), ("full fine-tuning", ("full",))):
             ratio, method = ratio_to(rows, metric.column, methods)
-            if method is None:
-                ratios.append(None)
-                continue
             note = f"{metric.title} over that of {method} with the same model, precision, batch size and settings"
-            ratios.append((Pivot(f"{metric.title}, ratio to {label}", note, names, header), ratio))
-        for key in row_keys.itertuples(index=False):
-            label = [key.config, key.precision] + ([key.variant] if with_variant else [])
-            cells: list[list[Value]] = [[] for _ in range(1 + len(ratios))]
-            for model, shapes in columns:
-                for batch, seq in shapes:
-                    i = index.get((key.config, key.precision, key.variant, model, batch, seq))
-                    if i is None:
-                        for c in cells:
-                            c.append(Value(""))
-                        continue
-                    row = rows.loc[i]
-                    cells[0].append(_value(row, _number(row[metric.column]), metric.fmt))
-                    for c, r in zip(cells[1:], ratios):
-                        c.append(_value(row, _number(r[1][i]), fmt_ratio) if r else Value(""))
-            plain.rows.append((label, cells[0]))
-            for c, r in zip(cells[1:], ratios):
-                if r:
-                    r[0].rows.append((label, c))
-        out.append((plain, *(r[0] if r else None for r in ratios)))
+            title = f"{metric.title}, ratio to {label}"
+            tables.append(None if method is None else layout.pivot(rows, title, note, ratio, fmt_ratio))
+        out.append(tuple(tables))
     return out
 
 
+# (goal, column, pick, format): what "best" means in the summary.
+GOALS = (
+    ("speed", "tokens_per_s", "idxmax", lambda v: f"{fmt_rate(v)} tokens/s"),
+    ("memory", "memory_bytes", "idxmin", fmt_bytes),
+)
+
+
 def summary(runs: Runs) -> list[dict]:
-    """Per GPU type and model: the fastest configuration, and the one with the least memory at the batch size most
-    configurations finished; each with its ratio to LoRA and to full fine-tuning."""
-    frame, out = runs.frame, []
-    for gpu_type, rows in frame.groupby("gpu_type", sort=True):
-        lora, _ = ratio_to(rows, "tokens_per_s", LORA_METHODS)
-        full, _ = ratio_to(rows, "tokens_per_s", ("full",))
-        lora_mem, _ = ratio_to(rows, "memory_bytes", LORA_METHODS)
-        full_mem, _ = ratio_to(rows, "memory_bytes", ("full",))
+    """Per GPU type and model: the fastest configuration (any batch size), and the one with the least memory at the
+    batch size most configurations finished; each with its ratio to LoRA and to full fine-tuning."""
+    out = []
+    for gpu_type, rows in runs.frame.groupby("gpu_type", sort=True):
+        ratios = {(c, m): ratio_to(rows, c, m)[0] for _, c, _, _ in GOALS for m in (LORA_METHODS, ("full",))}
         for model in model_order(rows):
             ok = rows[(rows["model"] == model) & (rows["status"] == "ok")]
-            fast = ok.dropna(subset=["tokens_per_s"])
-            if not fast.empty:
-                i = fast["tokens_per_s"].astype(float).idxmax()
-                out.append(
-                    _best(
-                        gpu_type,
-                        model,
-                        "speed",
-                        rows.loc[i],
-                        fmt_rate(rows.at[i, "tokens_per_s"]) + " tokens/s",
-                        lora[i],
-                        full[i],
-                    )
-                )
-            batch = common_batch(ok)
-            small = ok[ok["batch_size"] == batch].dropna(subset=["memory_bytes"])
-            if not small.empty:
-                i = small["memory_bytes"].astype(float).idxmin()
-                out.append(
-                    _best(
-                        gpu_type,
-                        model,
-                        "memory",
-                        rows.loc[i],
-                        fmt_bytes(rows.at[i, "memory_bytes"]),
-                        lora_mem[i],
-                        full_mem[i],
-                    )
-                )
+            for goal, column, pick, fmt in GOALS:
+                candidates = ok if goal == "speed" else ok[ok["batch_size"] == common_batch(ok)]
+                values = candidates[column].dropna().astype(float)
+                if not values.empty:
+                    i = getattr(values, pick)()
+                    vs = ratios[(column, LORA_METHODS)][i], ratios[(column, ("full",))][i]
+                    out.append(_best(gpu_type, model, goal, rows.loc[i], fmt(values[i]), *vs))
     return out
 
 
@@ -246,6 +226,14 @@ ENV_FIELDS = (
     "hostname", "os", "python_version", "cpu_name", "cpu_count", "host_memory_bytes", "torch_version",
     "transformers_version", "peft_version", "randlora_bench_version", "git_commit", "git_dirty", "gpu_count",
 )  # fmt: skip
+GPU_FIELDS = (
+    "gpu_name",
+    "gpu_memory_bytes",
+    "driver_version",
+    "cuda_driver_version",
+    "power_limit_w",
+    "sm_clock_max_mhz",
+)
 
 
 def environments(runs: Runs) -> list[dict]:
@@ -257,9 +245,9 @@ def environments(runs: Runs) -> list[dict]:
         fields = [(k, _env_text(k, env.get(k))) for k in ENV_FIELDS if k in env]
         builds = sorted({(r.get("device") or {}).get("torch_cuda_version") or "" for r in records} - {""})
         fields += [("torch CUDA build", ", ".join(builds))] if builds else []
-        gpus = env.get("gpus") or [
-            g for g in {json_key(r): (r.get("env") or {}).get("gpu") for r in records}.values() if g
-        ]
+        gpus = env.get("gpus") or list(
+            {g.get("gpu_uuid"): g for r in records if (g := (r.get("env") or {}).get("gpu"))}.values()
+        )
         out.append(
             {
                 "run": folder["name"],
@@ -267,29 +255,10 @@ def environments(runs: Runs) -> list[dict]:
                 "command": " ".join(folder["info"].get("argv") or []),
                 "started_at": folder["info"].get("started_at") or "",
                 "fields": fields,
-                "gpus": [
-                    [
-                        (k, _env_text(k, g.get(k)))
-                        for k in (
-                            "gpu_name",
-                            "gpu_memory_bytes",
-                            "driver_version",
-                            "cuda_driver_version",
-                            "power_limit_w",
-                            "sm_clock_max_mhz",
-                        )
-                        if k in g
-                    ]
-                    for g in gpus
-                ],
+                "gpus": [[(k, _env_text(k, gpu.get(k))) for k in GPU_FIELDS if k in gpu] for gpu in gpus],
             }
         )
     return out
-
-
-def json_key(record: dict) -> str:
-    gpu = (record.get("env") or {}).get("gpu") or {}
-    return str(gpu.get("gpu_uuid"))
 
 
 def _env_text(key: str, value) -> str:

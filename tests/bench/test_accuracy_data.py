@@ -64,7 +64,7 @@ def test_a_split_is_decided_by_content_not_by_order():
     keys = [f"question {i}" for i in range(100)]
     train, val, test = data.split_indices(keys, n_val=10, n_test=20)
     reversed_keys = keys[::-1]
-    train_r, val_r, test_r = data.split_indices(reversed_keys, n_val=10, n_test=20)
+    _, val_r, test_r = data.split_indices(reversed_keys, n_val=10, n_test=20)
     assert {keys[i] for i in test} == {reversed_keys[i] for i in test_r}
     assert {keys[i] for i in val} == {reversed_keys[i] for i in val_r}
     assert len(train) == 70 and not set(train) & set(val)

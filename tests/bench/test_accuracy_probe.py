@@ -34,8 +34,8 @@ def test_the_teacher_change_is_reproducible_from_its_seed():
 
 
 def _probe_cell(method, **fields):
-    defaults = dict(model="tiny-llama", task="full-rank-probe", targets=["q_proj", "o_proj"], batch_size=8,
-                    seq_len=32, warmup_steps=1, steps=60, lr=3e-3)
+    defaults = {"model": "tiny-llama", "task": "full-rank-probe", "targets": ["q_proj", "o_proj"], "batch_size": 8,
+                "seq_len": 32, "warmup_steps": 1, "steps": 60, "lr": 3e-3}
     return one_cell(method=method, **{**defaults, **fields})
 
 

@@ -57,12 +57,12 @@ def _train(model, info, cell) -> None:
 
 LORA = {"name": "lora", "r": 8, "alpha": 16}
 BEATS_UNTRAINED = {  # task: fields of a cell trained for `steps` steps (sized to run in seconds on a CPU)
-    "trec6": dict(model="minilm-l6", steps=16, batch_size=16, seq_len=16, lr=2e-3),
-    "trec50": dict(model="minilm-l6", steps=8, batch_size=8, seq_len=16, lr=3e-3),
-    "rotten-tomatoes": dict(model="minilm-l6", steps=16, batch_size=16, seq_len=32, lr=2e-3),
-    "hf-text": dict(model="minilm-l6", steps=8, batch_size=8, seq_len=16, lr=3e-3,
-                    task_args={"dataset": FIXTURE, "val_size": 40}),
-    "mnist-transfer": dict(model="vit-fmnist", steps=16, batch_size=32, lr=3e-3),
+    "trec6": {"model": "minilm-l6", "steps": 16, "batch_size": 16, "seq_len": 16, "lr": 2e-3},
+    "trec50": {"model": "minilm-l6", "steps": 8, "batch_size": 8, "seq_len": 16, "lr": 3e-3},
+    "rotten-tomatoes": {"model": "minilm-l6", "steps": 16, "batch_size": 16, "seq_len": 32, "lr": 2e-3},
+    "hf-text": {"model": "minilm-l6", "steps": 8, "batch_size": 8, "seq_len": 16, "lr": 3e-3,
+                "task_args": {"dataset": FIXTURE, "val_size": 40}},
+    "mnist-transfer": {"model": "vit-fmnist", "steps": 16, "batch_size": 32, "lr": 3e-3},
 }
 
 
@@ -88,7 +88,7 @@ def test_text_tasks_target_every_encoder_linear_and_train_the_head_and_pooler_in
         trainable = {name for name, p in model.named_parameters() if p.requires_grad}
         assert {"classifier.weight", "bert.pooler.dense.weight", "bert.pooler.dense.bias"} <= trainable
         if method != "full":
-            adapted = [n for n, m in model.named_modules() if hasattr(m, "base") and isinstance(m.base, torch.nn.Linear)]
+            adapted = [n for n, m in model.named_modules() if isinstance(getattr(m, "base", None), torch.nn.Linear)]
             assert len(adapted) == 6 * 6  # q, k, v, attention output, intermediate, output in each of 6 layers
             assert not any("pooler" in n or "classifier" in n for n in adapted)
 
