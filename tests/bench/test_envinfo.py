@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 import subprocess
 
 from rich.console import Console
@@ -55,6 +56,7 @@ def test_the_sampler_sees_host_memory_grow():
         before = sampler.host_rss_peak_bytes
         block = bytearray(64 * 2**20)
         block[::4096] = b"x" * len(block[::4096])  # touch every page
+        time.sleep(0.3)  # hold it across several sampling intervals, also on a loaded machine
     assert sampler.read()["host_rss_peak_bytes"] >= before + 60 * 2**20
     assert sampler.read()["nvml_peak_bytes"] is None and sampler.read()["nvml_device_peak_bytes"] is None
 
