@@ -21,10 +21,10 @@ Columns of the result (one row per configuration; rows of tasks without accuracy
     val_mean, val_std       that metric at the chosen rate (std over seeds, ddof 1; null for one seed)
     metric                  the headline test metric (VAL_TEST[task][1])
     mean, std               the headline metric over seeds at the chosen rate
-    <m>_mean, <m>_std       for each m of DETAIL_METRICS the table has for the configuration
     samples_per_s           median over the chosen cells (throughput, like any cell)
     peak_allocated_bytes    max over the chosen cells (null on a CPU)
     wall_s                  mean wall time of a chosen cell
+    <m>_mean, <m>_std       for each m of DETAIL_METRICS that some configuration has, in that order
 """
 
 from __future__ import annotations
@@ -42,8 +42,9 @@ VAL_TEST = {"full-rank-probe": ("val_output_recovered", "test_output_recovered")
 DETAIL_METRICS = ("test_accuracy", "test_macro_f1", "test_output_recovered", "delta_recovered", "top_r_energy")
 OUTPUT_COLUMNS = (
     *CONFIG_COLUMNS, "trainable_params", "lr", "lrs", "seeds", "failed", "select_metric", "val_mean", "val_std",
-    "metric", "mean", "std",
+    "metric", "mean", "std", "samples_per_s", "peak_allocated_bytes", "wall_s",
 )  # fmt: skip
+COUNTS = ("trainable_params", "lrs", "seeds", "failed", "peak_allocated_bytes")  # Int64 columns
 
 
 def val_test(task: str) -> tuple[str, str]:
@@ -70,7 +71,7 @@ def _summarize_one(config: pd.DataFrame) -> dict | None:
     row.update(
         lr=best,
         seeds=len(chosen),
-        trainable_params=chosen["trainable_params"].median(),
+        trainable_params=round(chosen["trainable_params"].median()),
         val_mean=chosen[select].mean(),
         val_std=_std(chosen[select]),
         mean=chosen[headline].mean() if headline in chosen else math.nan,
@@ -94,9 +95,11 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
         summary = _summarize_one(config)
         if summary is not None:
             rows.append({**dict(zip(keys, values)), **summary})
-    extra = sorted({k for row in rows for k in row} - set(OUTPUT_COLUMNS))
+    present = {k for row in rows for k in row}
+    details = [f"{m}_{s}" for m in DETAIL_METRICS for s in ("mean", "std") if f"{m}_{s}" in present]
     ordered = [c for c in OUTPUT_COLUMNS if c in keys or c not in CONFIG_COLUMNS]
-    frame = pd.DataFrame(rows, columns=ordered + extra)
+    frame = pd.DataFrame(rows, columns=ordered + details)
+    frame = frame.astype({c: "Int64" for c in COUNTS}).astype({"lr": "float64"})
     return frame.sort_values(["task", "model", "trainable_params"], kind="stable", ignore_index=True)
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from bench.accuracy import data, minilm, vit
 from bench.accuracy.data import MissingResource
@@ -24,6 +25,15 @@ SIZES = {  # (classes, train, val, test)
     "rotten-tomatoes": (2, 9752, 1000, 2000),
     "mnist-5k": (10, 3000, 1000, 1000),
 }
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Many small ops: on a shared two-core machine torch's second thread costs more than it gives (4x here)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module", params=sorted(LOADERS))
@@ -140,8 +150,6 @@ def test_a_missing_datasets_package_says_how_to_install_it(monkeypatch):
 
 
 def test_the_fp16_copy_loads_back_in_float32_and_matches_the_original(tmp_path: Path):
-    import torch
-
     out = minilm.write_fp16_copy(tmp_path / "minilm-fp16")
     assert (out / "model.safetensors").stat().st_size < 50e6
     torch.manual_seed(0)

@@ -20,6 +20,15 @@ FIXTURE = str(Path(__file__).parent / "fixtures" / "hf_text")
 TINY_VIT = {"pretrain_samples": 512, "pretrain_epochs": 1, "eval_limit": 64}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Many small ops: on a shared two-core machine torch's second thread costs more than it gives (4x here)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def vit_cache(tmp_path_factory) -> str:
     return str(tmp_path_factory.mktemp("vit-cache"))
