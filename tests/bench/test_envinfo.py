@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import sys
 import json
-import time
 import subprocess
 
 from rich.console import Console
