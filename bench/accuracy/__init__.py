@@ -11,4 +11,5 @@ into mean ± std over seeds at the learning rate chosen on validation; `prepare.
 the packages needs (an fp16 MiniLM copy, the pretrained ViT).
 """
 
-from . import hf_text, mnist_transfer, probe, rotten_tomatoes, trec  # noqa: F401  (each registers its tasks)
+# each module registers its tasks, in the order `python -m bench list tasks` shows them
+from . import trec, rotten_tomatoes, hf_text, mnist_transfer, probe  # noqa: F401, I001

@@ -67,6 +67,7 @@ def resolve_args(task: str, spec: dict[str, Arg], given: dict) -> dict:
     return resolved
 
 
-def describe(spec: dict[str, Arg]) -> str:
-    """One line per argument, for `python -m bench list tasks`."""
-    return "\n".join(f"{name} (default {arg.default!r}): {arg.doc}" for name, arg in spec.items())
+def one_gpu(task: str, values: dict) -> None:
+    """The accuracy tasks keep their data and teacher whole on one device: no cells of several GPUs."""
+    if values.get("gpus", 1) > 1:
+        raise ValueError(f"task {task!r} runs on one GPU; set gpus: 1 (several GPUs: the throughput task).")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ..tasks import Task, model_loss, register
 from . import classify, data, vit
-from .args import Arg, integer, optional, resolve_args, text
+from .args import Arg, integer, one_gpu, optional, resolve_args, text
 
 NAME, MODEL = "mnist-transfer", "vit-fmnist"
 TARGETS, TRAINABLE = ("all-linear",), ("classifier",)
@@ -31,6 +31,7 @@ ARGS = {
 
 def resolve(values: dict) -> dict:
     values["task_args"] = resolve_args(NAME, ARGS, values["task_args"])
+    one_gpu(NAME, values)
     values["seq_len"] = vit.TOKENS  # fixed by the image and patch sizes, whatever the grid says
     if values["targets"] is None:
         values["targets"] = TARGETS

@@ -24,14 +24,16 @@ Metrics: delta_recovered = 1 − Σ‖ΔŴ − ΔW*‖²_F / Σ‖ΔW*‖²_F ov
 to W0; 1 exact, 0 nothing, < 0 worse than nothing); val_/test_output_recovered = 1 − the loss on held-out inputs
 (the selection metric, bench/accuracy/summary.py); model mode also val_/test_accuracy = agreement with the teacher
 (the share of held-out positions where the student's top-1 prediction equals the teacher's).
+Speed: a layers-mode step runs the chosen layers only (batch_size × seq_len rows each), not the whole model, so
+compare its samples/s with other probe cells only (its FLOP count and MFU assume a whole-model step).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..tasks import Task, register
-from .args import Arg, integer, number, optional, patterns, resolve_args
+from .args import Arg, integer, number, one_gpu, optional, patterns, resolve_args
 from .classify import TaskInfo, with_data
 
 NAME = "full-rank-probe"
@@ -60,6 +62,7 @@ def resolve(values: dict) -> dict:
     from ..presets import default_modules
 
     args = resolve_args(NAME, ARGS, values["task_args"])
+    one_gpu(NAME, values)
     if args["layers"] is None:
         args["layers"] = list(values["targets"] or default_modules(values["model"])[0])
     values["task_args"] = args
@@ -123,6 +126,8 @@ class Probe:
     eval_rows: int  # layers mode: held-out rows per layer and split
     seed: int
     top_r_energy: float | None  # LoRA's ceiling at the cell's rank; None for other methods
+    energy: float  # Σ_l ‖ΔW*_l‖²_F
+    modules: dict = field(default_factory=dict)  # id(adapted model) -> its teacher layers, found once
     pool: list | None = None  # model mode: training batches {"inputs", "target"}
     scale: float = 1.0  # model mode: mean ‖h_base − h_teacher‖² over the pool
     val: Held | None = None
@@ -149,36 +154,53 @@ def build_model(cell, device, dtype):
     ceiling = None
     if cell.method.name in LORA_METHODS:
         ceiling = top_r_energy([c for _, c in layers.values()], args, cell.method.kwargs["r"])
-    probe = Probe(args["match"], layers, cell.batch_size * cell.seq_len, args["eval_samples"], cell.seed, ceiling)
+    energy = sum(change.pow(2).sum().item() for _, change in layers.values())
+    rows = cell.batch_size * cell.seq_len
+    probe = Probe(args["match"], layers, rows, args["eval_samples"], cell.seed, ceiling, energy)
     if args["match"] == "model":
         probe = _with_teacher_outputs(model, info, probe, cell, args, device, dtype)
     return model, with_data(info, probe)
 
 
 # --- layers mode -----------------------------------------------------------------------------------------------
-def _module(model, name: str):
-    """The module at `name`, or at a name ending in it (peft and torch.compile prefix the names)."""
-    for full, module in model.named_modules():
-        if full == name or full.endswith("." + name):
-            return module
-    raise KeyError(f"the adapted model has no module {name!r}")
+def _adapted_layers(model, probe: Probe) -> list:
+    """[(module, W0, ΔW*)] of the teacher's layers in the adapted `model`, looked up once per model (a step must not
+    walk the module tree): the module at each name, or at a name ending in it (peft and torch.compile prefix them)."""
+    key = id(model)
+    if key not in probe.modules:
+        named = dict(model.named_modules())
+        found = []
+        for name, (w0, change) in probe.layers.items():
+            hits = [m for full, m in named.items() if full == name or full.endswith("." + name)]
+            if not hits:
+                raise KeyError(f"the adapted model has no module {name!r}")
+            found.append((hits[0], w0, change))
+        probe.modules.clear()
+        probe.modules[key] = found
+    return probe.modules[key]
 
 
-def _layer_gaps(model, probe: Probe, rows: int, seed: int) -> tuple:
-    """(Σ_l ‖x_l (ΔŴ_l − ΔW*_l)ᵀ‖², Σ_l ‖x_l ΔW*_lᵀ‖²) on fresh x_l ~ N(0, I) (rows, in) drawn from `seed`."""
+def _bias(module):
+    """The bias a layer adds, whoever holds it: a Linear, this project's adapters (`.bias`), peft's (`base_layer`)."""
+    return getattr(getattr(module, "base_layer", module), "bias", None)
+
+
+def _layer_gap(model, probe: Probe, rows: int, seed: int):
+    """Σ_l ‖x_l (ΔŴ_l − ΔW*_l)ᵀ‖² / (rows · Σ_l ‖ΔW*_l‖²_F), x_l ~ N(0, I) (rows, in_l) drawn from `seed`.
+
+    E‖x Aᵀ‖² = rows · ‖A‖²_F for such x, so the expectation is exactly the share of ΔW*'s energy not recovered.
+    """
     import torch
     import torch.nn.functional as F
 
-    gap = energy = 0.0
-    for i, (name, (w0, change)) in enumerate(probe.layers.items()):
-        generator = torch.Generator(device=w0.device).manual_seed(seed * 10_007 + i)
+    layers = _adapted_layers(model, probe)
+    generator = torch.Generator(device=layers[0][1].device).manual_seed(seed)
+    gap = 0.0
+    for module, w0, change in layers:
         x = torch.randn(rows, w0.shape[1], generator=generator, device=w0.device, dtype=w0.dtype)
-        module = _module(model, name)
-        learned = module(x).float() - F.linear(x, w0, getattr(module, "bias", None)).float()  # x ΔŴᵀ
-        wanted = x.float() @ change.T
-        gap = gap + (learned - wanted).pow(2).sum()
-        energy = energy + wanted.pow(2).sum()
-    return gap, energy
+        learned = module(x).float() - F.linear(x, w0, _bias(module)).float()  # x ΔŴᵀ
+        gap = gap + (learned - x.float() @ change.T).pow(2).sum()
+    return gap / (rows * probe.energy)
 
 
 def _stream(probe: Probe, index: int) -> int:
@@ -269,8 +291,7 @@ def loss(model, batch: dict):
     probe: Probe = batch["probe"]
     model.eval()  # no dropout: the teacher has none
     if probe.match == "layers":
-        gap, energy = _layer_gaps(model, probe, probe.rows, batch["seed"])
-        return gap / energy
+        return _layer_gap(model, probe, probe.rows, batch["seed"])
     hidden, _ = _outputs(model, batch["inputs"], probe.causal)
     return ((hidden - batch["target"]) ** 2).mean() / probe.scale
 
@@ -281,7 +302,7 @@ def learned_change(module, w0):
     import torch
     from torch import nn
 
-    if isinstance(module, nn.Linear):
+    if type(module) is nn.Linear:  # exactly: peft's RandLora layer subclasses nn.Linear
         return module.weight.float() - w0.float()
     if callable(getattr(module, "delta_weight", None)) and hasattr(module, "base"):
         return module.delta_weight().float() + (module.base.weight.float() - w0.float())
@@ -299,17 +320,15 @@ def evaluate(model, info: TaskInfo, device, seed: int) -> dict:
     with torch.no_grad():
         for split in ("val", "test"):
             if probe.match == "layers":
-                gap, energy = _layer_gaps(model, probe, probe.eval_rows, _stream(probe, HELD_OUT_STREAM[split]))
-                metrics[f"{split}_output_recovered"] = 1.0 - (gap / energy).item()
+                gap = _layer_gap(model, probe, probe.eval_rows, _stream(probe, HELD_OUT_STREAM[split]))
+                metrics[f"{split}_output_recovered"] = 1.0 - gap.item()
             else:
                 recovered, agreement = _held_out(model, getattr(probe, split), probe.causal)
                 metrics[f"{split}_output_recovered"], metrics[f"{split}_accuracy"] = recovered, agreement
-        error = energy = 0.0
-        for name, (w0, change) in probe.layers.items():
-            error += (learned_change(_module(model, name), w0) - change).pow(2).sum().item()
-            energy += change.pow(2).sum().item()
+        layers = _adapted_layers(model, probe)
+        error = sum((learned_change(m, w0) - change).pow(2).sum().item() for m, w0, change in layers)
     model.train(was_training)
-    metrics["delta_recovered"] = 1.0 - error / energy
+    metrics["delta_recovered"] = 1.0 - error / probe.energy
     metrics["delta_layers"] = len(probe.layers)
     if "test_accuracy" in metrics:
         metrics["accuracy"] = metrics["test_accuracy"]

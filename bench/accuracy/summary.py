@@ -106,7 +106,7 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
 def format_table(summary: pd.DataFrame) -> str:
     """The summary as aligned text: task, model, method, trainable count, chosen lr, mean ± std (headline)."""
     lines = []
-    lines.append(f"{'task':<16} {'model':<11} {'method':<34} {'trainable':>10} {'lr':>8} {'seeds':>5}  "
+    lines.append(f"{'task':<16} {'model':<11} {'method':<44} {'trainable':>10} {'lr':>8} {'seeds':>5}  "
                  "headline (test, mean ± std)")
     for row in summary.itertuples(index=False):
         method = _method_label(row)
@@ -114,7 +114,7 @@ def format_table(summary: pd.DataFrame) -> str:
         lr = f"{row.lr:.0e}" if not _missing(row.lr) else "-"
         score = f"{row.mean:.4f} ± {row.std:.4f}" if not _missing(row.mean) else "no learning rate with every cell ok"
         failed = f"  ({row.failed} cells failed)" if row.failed else ""
-        lines.append(f"{row.task:<16} {row.model:<11} {method:<34} {trainable:>10} {lr:>8} {row.seeds:>5}  "
+        lines.append(f"{row.task:<16} {row.model:<11} {method:<44} {trainable:>10} {lr:>8} {row.seeds:>5}  "
                      f"{row.metric} {score}{failed}")
     return "\n".join(lines)
 
@@ -126,6 +126,7 @@ def _missing(value) -> bool:
 def _method_label(row) -> str:
     parts = [row.method + (f".{row.impl}" if row.method == "randlora" and not _missing(row.impl) else "")]
     parts += [f"r={int(row.r)}"] if not _missing(row.r) else []
+    parts += [f"alpha={row.alpha:g}"] if not _missing(row.alpha) else []
     parts += [f"basis={row.basis}"] if not _missing(row.basis) and row.basis != "uniform" else []
     parts += [row.precision]
     return " ".join(parts)

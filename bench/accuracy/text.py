@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from ..tasks import Task, model_loss, register
 from . import classify, minilm
-from .args import Arg, integer, optional, resolve_args, text
+from .args import Arg, integer, one_gpu, optional, resolve_args, text
 from .data import Dataset, Split
 
 MODEL = "minilm-l6"
@@ -38,6 +38,7 @@ def resolver(name: str, spec: dict[str, Arg]) -> Callable[[dict], dict]:
 
     def resolve(values: dict) -> dict:
         values["task_args"] = resolve_args(name, spec, values["task_args"])
+        one_gpu(name, values)
         if values["seq_len"] > MAX_POSITIONS:
             raise ValueError(f"seq_len {values['seq_len']} exceeds the {MAX_POSITIONS} positions of model {MODEL!r}.")
         if values["targets"] is None:

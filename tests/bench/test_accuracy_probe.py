@@ -88,3 +88,17 @@ def test_the_probe_layers_default_to_the_cell_targets_and_survive_full_fine_tuni
     assert cell.targets == () and cell.task_kwargs["layers"] == ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                                                    "up_proj", "down_proj")
     assert cell.trainable_modules == ()
+
+
+@pytest.mark.parametrize(
+    "method",
+    [{"name": "peft-lora", "r": 4, "alpha": 8}, {"name": "peft-randlora", "r": 8, "alpha": 32},
+     {"name": "randlora", "impl": "sparse", "basis": "sparse", "r": 8, "alpha": 32}],
+)  # fmt: skip
+def test_every_method_s_change_is_read_back_the_same_way(method):
+    # peft's RandLora layer subclasses nn.Linear and holds its bias inside: ΔŴ must still come from the adapter
+    record = run(_probe_cell(method, steps=20, model="tiny-bert", targets=["query", "value"]), Options())
+    assert record["status"] == "ok", record["traceback"]
+    metrics = record["task_metrics"]
+    assert metrics["delta_recovered"] > 0.02
+    assert metrics["test_output_recovered"] == pytest.approx(metrics["delta_recovered"], abs=0.03)
