@@ -28,6 +28,17 @@ def one_cell(**fields):
     return cell
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Many small ops: on a shared two-core machine torch's second thread costs more than it gives (4x here)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture
 def write_grid(tmp_path: Path):
     def write(text: str, name: str = "grid.yaml") -> Path:

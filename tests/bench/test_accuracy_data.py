@@ -27,13 +27,7 @@ SIZES = {  # (classes, train, val, test)
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Many small ops: on a shared two-core machine torch's second thread costs more than it gives (4x here)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module", params=sorted(LOADERS))

@@ -12,13 +12,7 @@ from bench.cell import Options, run
 from .conftest import one_cell
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Many small ops: on a shared two-core machine torch's second thread costs more than it gives (4x here)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize(("shape", "rank", "decay"), [((48, 80), None, 0.0), ((80, 48), 7, 1.0), ((33, 33), 12, 0.5)])
