@@ -162,6 +162,12 @@ COLUMNS: tuple[Column, ...] = (
     _c("power_limit_w", "float64", "env.gpu.power_limit_w", ""),
     _c("sm_clock_max_mhz", "Int64", "env.gpu.sm_clock_max_mhz", ""),
     _c("gpu_busy", "boolean", "run.gpu_busy", "another process held memory on the GPU when the cell started"),
+    _c(
+        "cells_per_gpu",
+        "Int64",
+        "run.cells_per_gpu",
+        "cells the run let share one GPU (--cells-per-gpu); above 1, throughput and memory are not a lone cell's",
+    ),
     _c("cpu_name", "string", "env.cpu_name", ""),
     _c("torch_version", "string", "env.torch_version", ""),
     _c("transformers_version", "string", "env.transformers_version", ""),

@@ -183,6 +183,7 @@ class Runner:
             "slot": slot.name,
             "started_at": _now(),
             "gpu_busy": bool(others),
+            "cells_per_gpu": getattr(self.options.launcher, "cells_per_gpu", 1),
             "gpu_processes": others,
             "log": str(self.folder.log_path(cell.hash)),
         }

@@ -15,6 +15,8 @@ Columns of the result (one row per configuration; rows of tasks without accuracy
     trainable_params        parameters the optimizer updates (median over the chosen cells)
     lr                      the chosen learning rate; null when no rate had every cell ok
     lrs                     how many learning rates were tried
+    lr_edge                 "lowest" / "highest" when the chosen rate is an end of the sweep (of 2+ rates): the
+                            best rate may lie beyond it, so widen the sweep before trusting the comparison
     seeds                   cells (seeds) at the chosen rate
     failed                  cells of the configuration, any rate, that did not end ok
     select_metric           the validation metric the rate was chosen on
@@ -41,7 +43,7 @@ DEFAULT_VAL_TEST = ("val_accuracy", "test_accuracy")
 VAL_TEST = {"full-rank-probe": ("val_output_recovered", "test_output_recovered")}  # (choose on, report)
 DETAIL_METRICS = ("test_accuracy", "test_macro_f1", "test_output_recovered", "delta_recovered", "top_r_energy")
 OUTPUT_COLUMNS = (
-    *CONFIG_COLUMNS, "trainable_params", "lr", "lrs", "seeds", "failed", "select_metric", "val_mean", "val_std",
+    *CONFIG_COLUMNS, "trainable_params", "lr", "lrs", "lr_edge", "seeds", "failed", "select_metric", "val_mean", "val_std",
     "metric", "mean", "std", "samples_per_s", "peak_allocated_bytes", "wall_s",
 )  # fmt: skip
 COUNTS = ("trainable_params", "lrs", "seeds", "failed", "peak_allocated_bytes")  # Int64 columns
@@ -68,8 +70,11 @@ def _summarize_one(config: pd.DataFrame) -> dict | None:
         return {**row, "lr": math.nan, "seeds": 0}
     best = max(sorted(means), key=lambda lr: means[lr])  # ties: the smallest rate
     chosen = config[config["lr"] == best]
+    tried = sorted(config["lr"].dropna().unique())
+    edge = "" if len(tried) < 2 else "lowest" if best == tried[0] else "highest" if best == tried[-1] else ""
     row.update(
         lr=best,
+        lr_edge=edge,
         seeds=len(chosen),
         trainable_params=round(chosen["trainable_params"].median()),
         val_mean=chosen[select].mean(),
@@ -111,7 +116,7 @@ def format_table(summary: pd.DataFrame) -> str:
     for row in summary.itertuples(index=False):
         method = _method_label(row)
         trainable = f"{row.trainable_params:,.0f}" if not _missing(row.trainable_params) else "-"
-        lr = f"{row.lr:.0e}" if not _missing(row.lr) else "-"
+        lr = (f"{row.lr:.2g}" + ("*" if row.lr_edge else "")) if not _missing(row.lr) else "-"
         score = f"{row.mean:.4f} ± {row.std:.4f}" if not _missing(row.mean) else "no learning rate with every cell ok"
         failed = f"  ({row.failed} cells failed)" if row.failed else ""
         lines.append(f"{row.task:<16} {row.model:<11} {method:<44} {trainable:>10} {lr:>8} {row.seeds:>5}  "
@@ -148,5 +153,6 @@ def main(run_dir) -> int:
     out = run_dir / "accuracy_summary.csv"
     summary.to_csv(out, index=False)
     print(format_table(summary))
-    print(f"\nchosen on validation, reported on test; every column: {out}")
+    edge = "; * the chosen rate is an end of its sweep (widen it)" if summary["lr_edge"].fillna("").ne("").any() else ""
+    print(f"\nchosen on validation, reported on test{edge}; every column: {out}")
     return 0

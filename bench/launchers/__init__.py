@@ -109,6 +109,15 @@ def add_arguments(parser) -> None:
         default="local",
         help="local: this machine's GPUs as a pool (default); slurm: each cell a Slurm job, through submitit",
     )
+    parser.add_argument(
+        "--cells-per-gpu",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with --launcher local: run up to N cells at once on each GPU (default 1). For grids of small models "
+        "(accuracy), where starting a cell's process costs more than its training; the throughput and memory of "
+        "cells that share a GPU are not comparable with those of a cell run alone",
+    )
     group = parser.add_argument_group("slurm", "with --launcher slurm; each flag overrides the grid's slurm: section")
     for flag, field, kind, help_text in SLURM_FLAGS:
         group.add_argument(flag, type=kind, metavar=field.upper(), help=help_text)
@@ -119,7 +128,9 @@ def from_arguments(args, grid_slurm) -> Launcher:
     if args.launcher == "local":
         from .local import LocalLauncher
 
-        return LocalLauncher()
+        return LocalLauncher(args.cells_per_gpu)
+    if args.cells_per_gpu != 1:
+        raise BenchError("--cells-per-gpu applies to --launcher local only; a Slurm job holds its GPUs alone.")
     import dataclasses
     import importlib.util
     import shutil

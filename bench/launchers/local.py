@@ -5,6 +5,10 @@
                 free, takes them, and gives them back when its last cell is done; nothing overtakes it, so a 2-GPU
                 cell is not starved by a stream of 1-GPU cells. On the host one cell runs at a time, whatever its
                 `gpus` (a cell of N ranks then runs N CPU processes over gloo).
+                --cells-per-gpu N lets up to N cells share each GPU (or the host): for accuracy grids of small
+                models, where a cell's process start costs more than its training; their throughput and memory
+                are then not comparable with a cell run alone (each record says `cells_per_gpu`). A cell of
+                several GPUs takes distinct ones.
     a process   `cell_command` in a new session, stdout and stderr to the cell's log; after its timeout the process,
                 everything it started (torchrun's ranks live in sessions of their own) and its session are killed.
 
@@ -24,6 +28,7 @@ from typing import TYPE_CHECKING
 import psutil
 
 from .. import nvml
+from ..errors import BenchError
 from . import Outcome, Slot, cell_command
 
 if TYPE_CHECKING:
@@ -37,13 +42,16 @@ WAIT_S = 0.2  # how often a waiting group looks at the stop flag
 class LocalLauncher:
     name = "local"
 
-    def __init__(self) -> None:
+    def __init__(self, cells_per_gpu: int = 1) -> None:
+        if cells_per_gpu < 1:
+            raise BenchError(f"--cells-per-gpu is {cells_per_gpu}; it must be a whole number of at least 1.")
+        self.cells_per_gpu = cells_per_gpu
         self._processes: dict[int, subprocess.Popen] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
 
     def schedule(self, runner: Runner, groups: list[list[Cell]], counts: dict[str, int]) -> None:
-        pool = _Pool([slot.gpu for slot in runner.slots])
+        pool = _Pool([slot.gpu for slot in runner.slots] * self.cells_per_gpu)
         with ThreadPoolExecutor(pool.size, thread_name_prefix="slot") as threads:
             futures = []
             try:
@@ -96,10 +104,12 @@ class LocalLauncher:
 
 
 class _Pool:
-    """GPUs not in use (None stands for the host); `take` waits, in call order, until enough are free."""
+    """Places for a cell: each GPU once per cell it may hold (None stands for the host); `take` waits, in call
+    order, until enough distinct GPUs are free."""
 
     def __init__(self, units: list[nvml.Gpu | None]) -> None:
         self._all = units
+        self._distinct = len(set(units))
         self._free = list(units)
         self._changed = threading.Condition()
 
@@ -110,15 +120,31 @@ class _Pool:
     def needs(self, cell: Cell) -> int:
         """GPUs the cell takes: its `gpus`, at most all of them (a cell asking for more is skipped, not run); one
         unit on the host."""
-        return 1 if self._all == [None] else min(cell.gpus, len(self._all))
+        return 1 if None in self._all else min(cell.gpus, self._distinct)
+
+    def _distinct_free(self, n: int) -> list[int] | None:
+        """Indices into the free list of n places on distinct GPUs, the least busy GPUs first, then the lowest;
+        None if there are not n."""
+        def busy(unit: nvml.Gpu | None) -> int:
+            return self._all.count(unit) - self._free.count(unit)
+
+        picked: list[int] = []
+        for i in sorted(range(len(self._free)), key=lambda i: (busy(self._free[i]), i)):
+            unit = self._free[i]
+            if all(self._free[j] != unit for j in picked):
+                picked.append(i)
+                if len(picked) == n:
+                    return picked
+        return None
 
     def take(self, n: int, stopping: threading.Event) -> Slot | None:
         with self._changed:
-            while len(self._free) < n:
+            while (picked := self._distinct_free(n)) is None:
                 if stopping.is_set():
                     return None
                 self._changed.wait(WAIT_S)
-            taken, self._free = self._free[:n], self._free[n:]
+            taken = [self._free[i] for i in picked]
+            self._free = [unit for i, unit in enumerate(self._free) if i not in picked]
         return Slot(tuple(unit for unit in taken if unit is not None))
 
     def give(self, slot: Slot) -> None:

@@ -4,7 +4,8 @@ fullgraph=True makes any graph break inside the adapter an error instead of a si
 compiles one graph for every token count, so a new batch size does not recompile. A model still needs a few
 graphs (one per dtype, orientation of the layer and contraction order), more than dynamo's default limit of 8
 when several models share a process, hence the raised limit. Without autograd (evaluation, merging) the eager
-function runs: compiling is for training steps.
+function runs: compiling is for training steps. Inside a model that is itself under `torch.compile` the eager
+function runs too, traced into the model's graph (a nested compile would break that graph at every layer).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def compiled_randlora_linear():
 
     @functools.wraps(randlora_linear)
     def run(*args):
-        if not torch.is_grad_enabled():
+        if not torch.is_grad_enabled() or torch.compiler.is_compiling():
             return randlora_linear(*args)
         with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
             return compiled(*args)

@@ -11,7 +11,7 @@ import randlora
 from bench import matrix
 from bench.accuracy import budget, vit
 
-H200_GRIDS = {"accuracy-h200": 27, "accuracy-h200-text": 27, "accuracy-h200-all": 216}  # swept: 3 rates x 3 seeds
+H200_GRIDS = {"accuracy-h200": 27, "accuracy-h200-text": 27, "accuracy-h200-all": 252}  # swept: 3-4 rates x 3 seeds
 MATCHED_GRIDS = (*H200_GRIDS, "accuracy-h200-probe")
 
 
@@ -38,7 +38,7 @@ def test_the_h200_grids_match_lora_and_randlora_counts_within_two_percent(name):
 
 
 @pytest.mark.parametrize("name", sorted(H200_GRIDS))
-def test_every_configuration_sweeps_three_rates_with_three_seeds_each(name):
+def test_every_configuration_sweeps_at_least_three_rates_with_three_seeds_each(name):
     grid = matrix.load(name)
     assert len(grid.cells) == H200_GRIDS[name]
     seeds, rates = defaultdict(set), defaultdict(set)
@@ -47,7 +47,7 @@ def test_every_configuration_sweeps_three_rates_with_three_seeds_each(name):
         seeds[configuration + (cell.lr,)].add(cell.seed)
         rates[configuration].add(cell.lr)
     assert all(s == {0, 1, 2} for s in seeds.values())
-    assert all(len(r) == 3 for r in rates.values()), rates
+    assert all(len(r) >= 3 for r in rates.values()), rates
 
 
 def test_the_budget_formulas_are_the_counts_the_library_trains():

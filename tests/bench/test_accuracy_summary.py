@@ -41,6 +41,17 @@ def test_the_rate_is_chosen_on_validation_and_test_is_reported_at_it():
     assert row["test_macro_f1_mean"] == pytest.approx(0.72) and row["trainable_params"] == 1000
 
 
+@pytest.mark.parametrize(
+    "best, edge", [(1e-4, "lowest"), (1e-3, ""), (1e-2, "highest")]
+)
+def test_a_rate_chosen_at_an_end_of_the_sweep_is_flagged(best, edge):
+    per_lr = {lr: [(0.9 if lr == best else 0.5, 0.8)] * 3 for lr in (1e-4, 1e-3, 1e-2)}
+    (row,) = summarize(pd.DataFrame(_rows("lora", 8, per_lr))).to_dict("records")
+    assert row["lr"] == best and row["lr_edge"] == edge
+    (single,) = summarize(pd.DataFrame(_rows("lora", 8, {1e-3: [(0.9, 0.8)] * 3}))).to_dict("records")
+    assert single["lr_edge"] == ""  # one rate: no sweep, no edge
+
+
 def test_each_method_and_parameter_set_is_its_own_row_with_its_count():
     frame = pd.DataFrame(_rows("lora", 8, {1e-3: [(0.9, 0.8)] * 3}) + _rows("lora", 4, {1e-3: [(0.8, 0.7)] * 3})
                          + _rows("full", None, {1e-4: [(0.95, 0.9)] * 3}))

@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+import pandas as pd
 import psutil
 import pytest
 import torch
@@ -233,6 +234,48 @@ def test_cells_spread_one_per_gpu_and_a_busy_gpu_is_recorded(tmp_path, monkeypat
     Runner(grid, RunOptions(tmp_path)).run()
     assert {slot for slot, _ in seen} == {"gpu0", "gpu1"} and len(seen) == 8
     assert all(busy == (slot == "gpu1") for slot, busy in seen)
+
+
+def test_cells_per_gpu_lets_that_many_cells_share_a_gpu_and_fills_the_least_busy_gpu_first(tmp_path, monkeypatch):
+    from bench.launchers.local import LocalLauncher
+
+    monkeypatch.setattr(nvml, "gpus", lambda: GPUS)
+    monkeypatch.setattr(nvml, "processes", lambda uuid: [])
+    running: dict[str, int] = {}
+    most: dict[str, int] = {}
+    first_two: list[str] = []
+    lock = threading.Lock()
+    release = threading.Event()
+
+    def fake_spawn(self, cell, slot, record):
+        with lock:
+            running[slot.name] = running.get(slot.name, 0) + 1
+            most[slot.name] = max(most.get(slot.name, 0), running[slot.name])
+            if len(first_two) < 2:
+                first_two.append(slot.name)
+            if sum(running.values()) == 6:  # every place taken at once: let them all finish
+                release.set()
+        release.wait(5)
+        with lock:
+            running[slot.name] -= 1
+        record["status"] = "ok"
+        assert record["run"]["cells_per_gpu"] == 3
+        results.write_json(self.folder.result_path(cell.hash), record)
+        return record
+
+    monkeypatch.setattr(Runner, "_spawn", fake_spawn)
+    grid = grid_from_text("axes: {method: [lora, full], seed: [0, 1, 2, 3, 4, 5]}")
+    Runner(grid, RunOptions(tmp_path, launcher=LocalLauncher(cells_per_gpu=3))).run()
+    assert release.is_set() and most == {"gpu0": 3, "gpu1": 3}
+    assert sorted(first_two) == ["gpu0", "gpu1"]
+    assert pd.read_parquet(tmp_path / "results.parquet")["cells_per_gpu"].eq(3).all()
+
+
+def test_cells_per_gpu_must_be_at_least_one():
+    from bench.launchers.local import LocalLauncher
+
+    with pytest.raises(BenchError, match="--cells-per-gpu is 0"):
+        LocalLauncher(cells_per_gpu=0)
 
 
 def test_a_process_that_dies_silently_is_an_error_naming_how_and_its_last_log_line(tmp_path):

@@ -34,3 +34,32 @@ def test_changing_the_batch_does_not_recompile():
             y = fn(*_layer_args(tokens), False)
             y.sum().backward()
             assert y.shape == (tokens, 41)
+
+
+def test_a_model_under_torch_compile_traces_every_impl_into_one_graph_and_matches_eager():
+    """A user compiles the whole model: the adapter must not break its graph (the compiled impl's own compile
+    steps aside there), and the compiled model computes what the eager one does."""
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 7, 19)
+    for impl in ("eager", "compiled"):
+        torch._dynamo.reset()
+        counters.clear()
+        torch.manual_seed(1)
+        net = torch.nn.Sequential(torch.nn.Linear(19, 23), torch.nn.GELU(), torch.nn.Linear(23, 11))
+        model = randlora.adapt(net, randlora.RandLoRAConfig(r=3, impl=impl, target_modules=["0", "2"]))
+        with torch.no_grad():
+            for layer in (model[0], model[2]):
+                layer.randlora_lambda.normal_()
+        eager_out = model(x)
+        eager_out.square().sum().backward()
+        eager_grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+        model.zero_grad()
+        out = torch.compile(model)(x)
+        out.square().sum().backward()
+        assert not counters["graph_break"], f"{impl}: {dict(counters['graph_break'])}"
+        torch.testing.assert_close(out, eager_out, rtol=1e-4, atol=1e-4)
+        grads = [p.grad for p in model.parameters() if p.requires_grad]
+        for grad, expected in zip(grads, eager_grads):
+            torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-4)
