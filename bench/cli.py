@@ -1,4 +1,4 @@
-"""`python -m bench {run,env,list}`: the command line of the harness."""
+"""`python -m bench {run,report,check,accuracy,env,list}`: the command line of the harness."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{run,report,check,env,list}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{run,report,check,accuracy,env,list}")
 
     run = commands.add_parser(
         "run",

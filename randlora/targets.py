@@ -21,13 +21,19 @@ ALL_LINEAR = "all-linear"
 
 
 def _all_linear(model: nn.Module, exclude: tuple[str, ...]) -> list[tuple[str, nn.Module]]:
-    """Every nn.Linear except the output layer (`get_output_embeddings()`) and modules matching `exclude`."""
+    """Every nn.Linear except the output layer (`get_output_embeddings()`) and the modules matching `exclude` or
+    inside one that does (exclude "pooler" and its "pooler.dense" is left out too)."""
     get_output = getattr(model, "get_output_embeddings", None)
     output = get_output() if callable(get_output) else None
+    excluded = [name for name, _ in model.named_modules() if name and any(_matches(p, name) for p in exclude)]
+
+    def left_out(name: str) -> bool:
+        return any(name == e or name.startswith(e + ".") for e in excluded)
+
     return [
         (name, m)
         for name, m in model.named_modules()
-        if isinstance(m, nn.Linear) and m is not output and not any(_matches(p, name) for p in exclude)
+        if isinstance(m, nn.Linear) and m is not output and not left_out(name)
     ]
 
 
