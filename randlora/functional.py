@@ -153,7 +153,9 @@ class RandLoRALinearFunction(torch.autograd.Function):
         g_lam, g_gam = scaling_grads(g_As, A, lam, gam)
         if grad_x is not None:
             grad_x = grad_x.view(x.shape)
-        return grad_x, grad_w, grad_b, None, None, g_lam * s, g_gam * s, None, None
+        if s != 1.0:  # the layers fold s into λ and pass 1: no two extra kernels per backward then
+            g_lam, g_gam = g_lam * s, g_gam * s
+        return grad_x, grad_w, grad_b, None, None, g_lam, g_gam, None, None
 
 
 def randlora_linear(x, weight, bias, A, B, lam, gam, scaling: float, materialize: bool) -> torch.Tensor:
