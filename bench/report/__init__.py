@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import jinja2
+import pandas as pd
 
 from . import charts, data, tables
 
@@ -59,6 +60,10 @@ def render(runs: data.Runs, title: str) -> str:
         trim_blocks=False,
     )
     counts = frame["status"].value_counts()
+    sharing = pd.to_numeric(frame.get("cells_per_gpu"), errors="coerce") if "cells_per_gpu" in frame else None
+    shared = None
+    if sharing is not None and (sharing > 1).any():
+        shared = {"cells": int((sharing > 1).sum()), "most": int(sharing.max())}
     return env.get_template(TEMPLATE).render(
         title=title,
         built_at=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -72,6 +77,7 @@ def render(runs: data.Runs, title: str) -> str:
         failures=tables.failures(runs),
         environments=tables.environments(runs),
         memory_note=tables.MEMORY_NOTE,
+        shared=shared,
         plotly_js=_plotly_js(),
     )
 

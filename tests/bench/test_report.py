@@ -142,3 +142,20 @@ def test_the_command_line_writes_the_report_and_refuses_a_folder_without_results
     assert cli.main(["report", *map(str, runs_dir), "-o", str(out)]) == 0 and out.stat().st_size > 1_000_000
     assert cli.main(["report", str(tmp_path), "-o", str(out)]) == 2
     assert "is not a run folder" in capsys.readouterr().err
+
+
+def test_cells_that_shared_a_gpu_are_flagged_at_the_top_and_a_lone_run_is_not(page, tmp_path):
+    from bench import results
+
+    from .report_runs import GPUS, METHODS, cell_record
+
+    assert "sharing one GPU" not in page
+    machine, gpu = GPUS["h200"]
+    folder = results.RunFolder(tmp_path / "shared-run")
+    for seed in range(3):
+        record = cell_record(machine, gpu, model="tiny-llama", method=METHODS["lora"], seed=seed)
+        record["run"]["cells_per_gpu"] = 4
+        results.write_json(folder.result_path(record["cell_hash"]), record)
+    results.write_json(folder.root / "run.json", {"argv": [], "env": {**record["env"], "gpus": [record["env"]["gpu"]]}})
+    shared = build([folder.root], tmp_path / "r.html").read_text(encoding="utf-8")
+    assert re.search(r"3 cells ran with up to 4 cells sharing one GPU", shared)
