@@ -23,6 +23,7 @@ from torch import nn
 
 from . import distributed, memory, methods, metrics, presets, timing
 from .cells import Cell
+from .errors import BenchError
 from .precision import PRECISIONS, Precision
 from .tasks import TASKS
 
@@ -145,6 +146,30 @@ class _Setup:
     ranks: distributed.Ranks | None  # None: a cell of one process
 
 
+def _parameter_names(model: nn.Module, module_names) -> set[str]:
+    """Names of the parameters of `model` that live inside the modules named `module_names` (names from before
+    adapting: peft nests a trained copy of such a module under it, e.g. base_model.model.classifier.modules_to_save)."""
+    prefixes = [name + "." for name in module_names]
+    return {
+        name
+        for name, _ in model.named_parameters()
+        if any(name.startswith(prefix) or "." + prefix in name for prefix in prefixes)
+    }
+
+
+def _param_groups(model: nn.Module, head_names: set[str], lr: float, head_lr: float | None) -> list[dict]:
+    """AdamW's parameter groups: everything that trains at `lr`, and with `head_lr` the parameters named in
+    `head_names` (the trainable_modules) in a second group at that rate. Names survive FSDP2's sharding."""
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if head_lr is None:
+        return [{"params": [p for _, p in named], "lr": lr}]
+    rest = [p for name, p in named if name not in head_names]
+    head = [p for name, p in named if name in head_names]
+    if not head:
+        raise BenchError("head_lr is set but none of the trainable_modules' parameters trains in this method.")
+    return [g for g in ({"params": rest, "lr": lr}, {"params": head, "lr": head_lr}) if g["params"]]
+
+
 def _set_up(cell: Cell, device: torch.device, precision: Precision, task, train: dict) -> _Setup:
     if task.build_model is not None:  # an accuracy task's pretrained model (or its teacher and probe)
         model, info = task.build_model(cell, device, precision.param_dtype)
@@ -160,14 +185,15 @@ def _set_up(cell: Cell, device: torch.device, precision: Precision, task, train:
     train["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     train["total_params"] = sum(p.numel() for p in model.parameters())
     ranks = distributed.from_environment()
+    head_names = _parameter_names(model, trainable)
     if ranks is not None:
         distributed.init(device)
         train["replicated_sha256"] = distributed.check_replicated(model)
         model = distributed.shard(model, precision, device, ranks.world_size)
-    params = [p for p in model.parameters() if p.requires_grad]  # under FSDP2: this rank's shards
+    groups = _param_groups(model, head_names, cell.lr, cell.head_lr)  # under FSDP2: this rank's shards
     if cell.compile:
         model = torch.compile(model)
-    optimizer = torch.optim.AdamW(params, lr=cell.lr, fused=device.type == "cuda")
+    optimizer = torch.optim.AdamW(groups, lr=cell.lr, fused=device.type == "cuda")
     scaler = precision.make_scaler(device.type)
     next_batch = task.batches(info, cell.batch_size * cell.gpus, cell.seq_len, device, cell.seed)
     if ranks is not None:

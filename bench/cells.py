@@ -55,6 +55,15 @@ def _positive_number(value) -> float:
     return float(value)
 
 
+def _optional_positive_number(value) -> float | None:
+    if value is None:
+        return None
+    try:
+        return _positive_number(value)
+    except FieldError:
+        raise FieldError(f"is {value!r}; it must be a positive number, or null.") from None
+
+
 def _boolean(value) -> bool:
     if not isinstance(value, bool):
         raise FieldError(f"is {value!r}; allowed values are true, false.")
@@ -169,6 +178,11 @@ FIELDS: dict[str, Field] = {
         None, _patterns, "modules trained in full by every method; null: the preset's", list_valued=True
     ),
     "lr": Field(1e-4, _positive_number, "AdamW learning rate"),
+    "head_lr": Field(
+        None,
+        _optional_positive_number,
+        "learning rate of the trainable_modules (a head, a pooler) in every method; null: lr",
+    ),
     "device": Field("auto", _choice(lambda: DEVICES), "auto: the GPU the runner assigns, else the CPU"),
     "gpus": Field(
         1, _integer(1), "GPUs of the cell: N > 1 runs N ranks under torchrun, the model sharded with FSDP2"
@@ -205,6 +219,7 @@ class Cell:
     timeout_s: float
     task_args: tuple[tuple[str, Any], ...] = ()  # sorted (name, value) pairs, every default filled in by the task
     gpus: int = 1  # ranks of the cell, one GPU each (on a CPU: processes over gloo)
+    head_lr: float | None = None  # the trainable_modules' learning rate; None: lr
 
     @property
     def task_kwargs(self) -> dict:
@@ -233,6 +248,8 @@ class Cell:
         data = {k: v for k, v in self.to_dict().items() if k not in NOT_HASHED and (k != "task_args" or v)}
         if data["gpus"] == 1:  # likewise for gpus, added later still
             del data["gpus"]
+        if data["head_lr"] is None:  # and head_lr
+            del data["head_lr"]
         return data
 
     @property
@@ -250,6 +267,7 @@ class Cell:
         parts += ["compile"] if self.compile else []
         parts += [f"seed{self.seed}"] if self.seed else []
         parts += [self.task, f"lr={self.lr:g}"] if self.task != "throughput" else []  # accuracy cells sweep lr
+        parts += [f"head_lr={self.head_lr:g}"] if self.head_lr is not None else []
         parts += [f"inject={self.inject}"] if self.inject != "none" else []
         return " ".join(parts)
 
@@ -306,6 +324,11 @@ def resolve(values: dict) -> Cell:
                 "lower seq_len or exclude the combination."
             )
         seq_len = preset.tokens_per_sample(seq_len)  # image models: the patch count, whatever the grid says
+    if values.get("head_lr") is not None and not trainable:
+        raise FieldError(
+            "head_lr is set but the cell trains no module in full (trainable_modules is empty); "
+            "name the trainable_modules or drop head_lr."
+        )
     uses_targets = methods.METHODS[values["method"].name].uses_targets
     return Cell(
         **{

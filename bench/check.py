@@ -31,7 +31,7 @@ from .results import RunFolder, read_json, write_json
 BASELINE_VERSION = 1
 CI_GRID = "ci-memory"  # what `bench check` runs when given no run folder
 # Fields of a cell that change how long or how it is timed, never which tensors exist at once.
-NOT_MEMORY = (*NOT_HASHED, "steps", "warmup_steps", "lr", "device")
+NOT_MEMORY = (*NOT_HASHED, "steps", "warmup_steps", "lr", "head_lr", "device")
 COUNTED_FIELDS = ("param_bytes", "grad_bytes", "optimizer_bytes", "activation_bytes")
 GPU_METRIC, CPU_METRIC = "peak_allocated_bytes", "counted_bytes"
 # (rtol, atol_bytes) a new baseline gets: the CPU measure is exact, so only a real change moves it; a GPU

@@ -105,6 +105,7 @@ COLUMNS: tuple[Column, ...] = (
     _c("task", "string", "cell.task", "what the cell trained on"),
     _c("task_args", "string", "cell.task_args", "the task's arguments, defaults filled in, as JSON (sorted keys)"),
     _c("lr", "float64", "cell.lr", "AdamW learning rate"),
+    _c("head_lr", "float64", "cell.head_lr", "learning rate of the trainable_modules; null: lr"),
     _c("compile", "boolean", "cell.compile", "whether the whole model was torch.compile'd"),
     _c("inject", "string", "cell.inject", "a fault the grid injected on purpose, else none"),
     _c("gpus", "Int64", "cell.gpus", "GPUs the cell asked for: N > 1 is N ranks under torchrun with FSDP2"),

@@ -37,7 +37,7 @@ import pandas as pd
 
 CONFIG_COLUMNS = (
     "task", "task_args", "model", "method", "impl", "r", "alpha", "basis", "precision", "batch_size", "seq_len",
-    "warmup_steps", "steps", "compile",
+    "warmup_steps", "steps", "compile", "head_lr",
 )  # fmt: skip
 DEFAULT_VAL_TEST = ("val_accuracy", "test_accuracy")
 VAL_TEST = {"full-rank-probe": ("val_output_recovered", "test_output_recovered")}  # (choose on, report)
@@ -134,6 +134,8 @@ def _method_label(row) -> str:
     parts += [f"alpha={row.alpha:g}"] if not _missing(row.alpha) else []
     parts += [f"basis={row.basis}"] if not _missing(row.basis) and row.basis != "uniform" else []
     parts += [row.precision]
+    head_lr = getattr(row, "head_lr", None)
+    parts += [f"head_lr={head_lr:g}"] if not _missing(head_lr) else []
     return " ".join(parts)
 
 

@@ -171,3 +171,27 @@ def test_a_measured_ceiling_gives_a_second_mfu():
     assert train["matmul_ceiling_flops"] > 1e8
     expected = train["flops_per_step"] * 2 / train["measured_time_s"] / train["matmul_ceiling_flops"]
     assert train["mfu_vs_ceiling"] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("method", ["lora", "randlora", "peft-lora", "full"])
+def test_head_lr_puts_exactly_the_trainable_modules_in_a_group_of_their_own(method):
+    from bench.precision import PRECISIONS
+    from bench.tasks import TASKS
+
+    cell = one_cell(model="tiny-bert", method=method, lr=1e-4, head_lr=3e-3)
+    assert cell.trainable_modules and "head_lr=0.003" in cell.label()
+    setup = cellmod._set_up(cell, torch.device("cpu"), PRECISIONS[cell.precision], TASKS[cell.task], {})
+    groups = {g["lr"]: sum(p.numel() for p in g["params"]) for g in setup.optimizer.param_groups}
+    trainable = sum(p.numel() for p in setup.model.parameters() if p.requires_grad)
+    head = 64 * 2 + 2  # tiny-bert's classifier: hidden 64, two labels
+    assert groups[3e-3] == head and groups[1e-4] == trainable - head
+
+
+def test_without_head_lr_one_group_trains_everything_and_the_hash_is_unchanged():
+    from bench.precision import PRECISIONS
+    from bench.tasks import TASKS
+
+    cell = one_cell(model="tiny-bert", method="lora")
+    assert "head_lr" not in cell.identity()
+    setup = cellmod._set_up(cell, torch.device("cpu"), PRECISIONS[cell.precision], TASKS[cell.task], {})
+    assert len(setup.optimizer.param_groups) == 1

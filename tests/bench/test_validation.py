@@ -89,6 +89,15 @@ EXACT = {
         "grid.yaml, line 1: axes holds a cell where seq_len 1024 exceeds the 512 positions of model "
         "'tiny-bert'; lower seq_len or exclude the combination.",
     ),
+    "head_lr without a head": (
+        "axes:\n  model: [tiny-llama]\n  head_lr: [0.001]\n",
+        "grid.yaml, line 1: axes holds a cell where head_lr is set but the cell trains no module in full "
+        "(trainable_modules is empty); name the trainable_modules or drop head_lr.",
+    ),
+    "bad head_lr": (
+        "axes:\n  model: [tiny-bert]\n  head_lr: [-1]\n",
+        "grid.yaml, line 3: axes.head_lr[0] is -1; it must be a positive number, or null.",
+    ),
     "exclude field": ("axes: {method: [full]}\nexclude:\n  - {methods: full}\n", None),
     "exclude method": (
         "axes: {method: [full]}\nexclude:\n  - {method: qlora}\n",
