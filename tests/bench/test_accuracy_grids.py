@@ -11,7 +11,9 @@ import randlora
 from bench import matrix
 from bench.accuracy import budget, vit
 
-H200_GRIDS = {"accuracy-h200": 27, "accuracy-h200-text": 27, "accuracy-h200-all": 252}  # swept: 3-4 rates x 3 seeds
+H200_GRIDS = {  # swept: 3-4 rates x 3 seeds
+    "accuracy-h200": 27, "accuracy-h200-text": 27, "accuracy-h200-all": 252, "accuracy-h200-head": 144,
+}  # fmt: skip
 MATCHED_GRIDS = (*H200_GRIDS, "accuracy-h200-probe")
 
 
@@ -71,3 +73,10 @@ def test_matched_ranks_are_the_closest_counts():
     shapes = budget.target_shapes("minilm-l6")
     assert budget.matched_randlora_rank(shapes, 8) == 17
     assert budget.lora_params(shapes, 8) == 331_776 and budget.randlora_params(shapes, 17) == 332_028
+
+
+def test_the_head_grid_trains_every_head_at_one_rate_whatever_the_method():
+    cells = matrix.load("accuracy-h200-head").cells
+    assert {cell.head_lr for cell in cells} == {3e-3}
+    assert {cell.method.name for cell in cells} == {"lora", "randlora", "full"}
+    assert all(cell.trainable_modules for cell in cells)
