@@ -1,0 +1,34 @@
+"""bench/grids/h200-perf.yaml holds every comparison issue 7's targets are read from, in one run."""
+
+from __future__ import annotations
+
+from bench import matrix
+
+
+def _key(cell):
+    kw = cell.method.kwargs
+    return (cell.model, cell.batch_size, cell.method.name, kw.get("impl"), kw.get("basis"), cell.compile)
+
+
+def test_the_perf_grid_pairs_every_target_with_its_reference():
+    cells = {_key(c): c for c in matrix.load("h200-perf").cells}
+    for model, batch in (("llama-1.1b", 8), ("llama-8b", 4)):
+        # eager vs eager, compiled vs compiled, our LoRA vs peft's
+        assert (model, batch, "peft-lora", None, None, False) in cells
+        assert (model, batch, "peft-lora", None, None, True) in cells
+        assert (model, batch, "randlora", "eager", "uniform", False) in cells
+        assert (model, batch, "randlora", "eager", "uniform", True) in cells
+        assert (model, batch, "lora", "eager", None, False) in cells
+    for basis in ("sparse", "very_sparse"):  # the sparse impl against the dense one on the same basis
+        assert ("llama-1.1b", 8, "randlora", "sparse", basis, False) in cells
+        assert ("llama-1.1b", 8, "randlora", "eager", basis, False) in cells
+    assert ("llama-1.1b", 8, "randlora", "compiled", "uniform", False) in cells
+    for method, impl, base in (("randlora", "eager", "uniform"), ("peft-lora", None, None)):  # batch fit
+        batches = sorted(b for (m, b, name, i, basis, comp) in cells if m == "llama-1.1b" and name == method
+                         and i == impl and basis == base and not comp)  # fmt: skip
+        assert batches == [8, 32, 40, 48, 64]
+    every = list(cells.values())
+    assert all(c.precision == "bf16" and c.seq_len == 1024 for c in every)
+    assert all(len(c.targets) == 7 for c in every if c.method.name != "full")
+    assert all(c.method.kwargs.get("r") == (16 if "lora" in c.method.name and "rand" not in c.method.name else 32)
+               for c in every if c.method.name != "full")  # fmt: skip
