@@ -75,3 +75,19 @@ def test_name_chooses_the_run_folder_under_runs(capsys, monkeypatch, tmp_path):
 @pytest.mark.parametrize("argv", [["run", "--matrix"], ["lists"], ["list", "nothing"]])
 def test_bad_arguments_exit_2(capsys, argv):
     assert run_cli(capsys, *argv)[0] == 2
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--cells-per-gpu", "0"], "error: --cells-per-gpu is 0; it must be a whole number of at least 1."),
+        (
+            ["--launcher", "slurm", "--cells-per-gpu", "2"],
+            "error: --cells-per-gpu applies to --launcher local only; a Slurm job holds its GPUs alone.",
+        ),
+    ],
+)
+def test_a_bad_cells_per_gpu_is_one_sentence_and_exit_2(tmp_path, capsys, flags, message):
+    code = cli.main(["run", "--matrix", "default", "--run-dir", str(tmp_path / "r"), *flags])
+    assert code == 2 and capsys.readouterr().err.strip() == message
+    assert not (tmp_path / "r").exists()  # nothing started, nothing written
