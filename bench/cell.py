@@ -146,6 +146,30 @@ class _Setup:
     ranks: distributed.Ranks | None  # None: a cell of one process
 
 
+def _compile_blocks(model: nn.Module) -> nn.Module:
+    """Regional compilation: every block of each nn.ModuleList of two or more blocks (a transformer's layers)
+    compiled on its own, in place (`nn.Module.compile`: names and state dict unchanged); blocks nested in a
+    compiled block are left to it. The blocks share their code, so dynamo reuses one graph for all of them."""
+    compiled: list[str] = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.ModuleList) or len(module) < 2:
+            continue
+        if any(name.startswith(done + ".") for done in compiled):
+            continue
+        for index, block in enumerate(module):
+            block.compile()
+            compiled.append(f"{name}.{index}" if name else str(index))
+    if not compiled:
+        raise BenchError(
+            f"compile_scope blocks finds no repeated blocks (an nn.ModuleList of two or more) in "
+            f"{type(model).__name__}; use compile_scope: model."
+        )
+    return model
+
+
+COMPILERS = {"model": torch.compile, "blocks": _compile_blocks}  # compile_scope -> how
+
+
 def _parameter_names(model: nn.Module, module_names) -> set[str]:
     """Names of the parameters of `model` that live inside the modules named `module_names` (names from before
     adapting: peft nests a trained copy of such a module under it, e.g. base_model.model.classifier.modules_to_save)."""
@@ -192,7 +216,7 @@ def _set_up(cell: Cell, device: torch.device, precision: Precision, task, train:
         model = distributed.shard(model, precision, device, ranks.world_size)
     groups = _param_groups(model, head_names, cell.lr, cell.head_lr)  # under FSDP2: this rank's shards
     if cell.compile:
-        model = torch.compile(model)
+        model = COMPILERS[cell.compile_scope](model)
     optimizer = torch.optim.AdamW(groups, lr=cell.lr, fused=device.type == "cuda")
     scaler = precision.make_scaler(device.type)
     next_batch = task.batches(info, cell.batch_size * cell.gpus, cell.seq_len, device, cell.seed)

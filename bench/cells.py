@@ -23,6 +23,7 @@ from .tasks import TASKS
 INJECTIONS = ("none", "oom", "error", "nan", "hang")  # faults a grid may inject on purpose (tests, demos)
 DEVICES = ("auto", "cpu", "cuda")
 NOT_HASHED = ("timeout_s",)
+COMPILE_SCOPES = ("model", "blocks")
 HASH_CHARS = 12
 
 
@@ -173,6 +174,12 @@ FIELDS: dict[str, Field] = {
     "task": Field("throughput", _choice(lambda: tuple(TASKS)), "what the cell trains on"),
     "task_args": Field({}, _task_args, "the task's own arguments (bench/README.md); checked by the task"),
     "compile": Field(False, _boolean, "torch.compile the whole model (what a user would try first)"),
+    "compile_scope": Field(
+        "model",
+        _choice(lambda: COMPILE_SCOPES),
+        "with compile: true, what is compiled: model (the whole model at once) or blocks (each repeated block, e.g. "
+        "a decoder layer, on its own: one graph reused by every block, a shorter compile)",
+    ),
     "targets": Field(None, _patterns, "modules the adapters wrap; null: the preset's default", list_valued=True),
     "trainable_modules": Field(
         None, _patterns, "modules trained in full by every method; null: the preset's", list_valued=True
@@ -220,6 +227,7 @@ class Cell:
     task_args: tuple[tuple[str, Any], ...] = ()  # sorted (name, value) pairs, every default filled in by the task
     gpus: int = 1  # ranks of the cell, one GPU each (on a CPU: processes over gloo)
     head_lr: float | None = None  # the trainable_modules' learning rate; None: lr
+    compile_scope: str = "model"  # with compile: the whole model, or each repeated block
 
     @property
     def task_kwargs(self) -> dict:
@@ -250,6 +258,8 @@ class Cell:
             del data["gpus"]
         if data["head_lr"] is None:  # and head_lr
             del data["head_lr"]
+        if data["compile_scope"] == "model":  # and compile_scope
+            del data["compile_scope"]
         return data
 
     @property
@@ -264,7 +274,8 @@ class Cell:
     def label(self) -> str:
         parts = [self.model, self.method.label(), self.precision, f"b{self.batch_size}x{self.seq_len}"]
         parts += [f"{self.gpus}gpus"] if self.gpus > 1 else []
-        parts += ["compile"] if self.compile else []
+        if self.compile:
+            parts += ["compile" if self.compile_scope == "model" else f"compile={self.compile_scope}"]
         parts += [f"seed{self.seed}"] if self.seed else []
         parts += [self.task, f"lr={self.lr:g}"] if self.task != "throughput" else []  # accuracy cells sweep lr
         parts += [f"head_lr={self.head_lr:g}"] if self.head_lr is not None else []
@@ -324,6 +335,10 @@ def resolve(values: dict) -> Cell:
                 "lower seq_len or exclude the combination."
             )
         seq_len = preset.tokens_per_sample(seq_len)  # image models: the patch count, whatever the grid says
+    if values.get("compile_scope", "model") != "model" and not values["compile"]:
+        raise FieldError(
+            f"compile_scope {values['compile_scope']!r} needs compile: true; set compile: true or drop compile_scope."
+        )
     if values.get("head_lr") is not None and not trainable:
         raise FieldError(
             "head_lr is set but the cell trains no module in full (trainable_modules is empty); "

@@ -107,6 +107,7 @@ COLUMNS: tuple[Column, ...] = (
     _c("lr", "float64", "cell.lr", "AdamW learning rate"),
     _c("head_lr", "float64", "cell.head_lr", "learning rate of the trainable_modules; null: lr"),
     _c("compile", "boolean", "cell.compile", "whether the whole model was torch.compile'd"),
+    _c("compile_scope", "string", "cell.compile_scope", "with compile: model (all at once) or blocks (each block)"),
     _c("inject", "string", "cell.inject", "a fault the grid injected on purpose, else none"),
     _c("gpus", "Int64", "cell.gpus", "GPUs the cell asked for: N > 1 is N ranks under torchrun with FSDP2"),
     _c("trainable_params", "Int64", "train.trainable_params", "parameters the optimizer updates"),

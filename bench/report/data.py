@@ -29,7 +29,7 @@ from ..errors import BenchError
 # Accuracy columns in the order the report prefers them: a task's test split, then its validation, then `accuracy`.
 ACCURACY_COLUMNS = ("test_accuracy", "val_accuracy", "accuracy")
 # Cell fields shown in their own place (rows, columns, config) or irrelevant to the result.
-SHOWN = ("model", "method", "precision", "batch_size", "seq_len", "compile", "timeout_s", "device")
+SHOWN = ("model", "method", "precision", "batch_size", "seq_len", "compile", "compile_scope", "timeout_s", "device")
 # What places a cell in a pivot: rows (configuration, precision) and columns (model, batch size × sequence).
 TABLE_CELL = ("gpu_type", "config", "precision", "model", "batch_size", "seq_len")
 LORA_METHODS = ("lora", "peft-lora")  # the LoRA reference of a ratio: this project's, else peft's
@@ -66,6 +66,7 @@ def load(paths: list[Path]) -> Runs:
     frame = results.table(records)
     if "lr" not in frame:  # the accuracy summary compares learning rates
         frame["lr"] = pd.array([r["cell"].get("lr") for r in records], dtype="Float64")
+    frame["compile_scope"] = frame["compile_scope"].fillna("model")  # records from before the field
     frame["run"] = pd.array(run_names, dtype="string")
     frame["machine"] = pd.array([(r.get("env") or {}).get("hostname") for r in records], dtype="string")
     frame["gpu_type"] = pd.array([_gpu_type(r) for r in records], dtype="string")
@@ -97,8 +98,16 @@ def _configs(records: list[dict]) -> list[str]:
     configs = []
     for label, spec, record in zip(labels, specs, records):
         extra = [f"{k}={v}" for k, v in spec.params if len(values[(label, k)]) > 1 and f"{k}=" not in label]
-        configs.append(" ".join([label, *extra, *(["compile"] if record["cell"].get("compile") else [])]))
+        configs.append(" ".join([label, *extra, *_compile_label(record["cell"])]))
     return configs
+
+
+def _compile_label(cell: dict) -> list[str]:
+    """["compile"] for a compiled model, ["compile=blocks"] for compiled blocks, [] otherwise."""
+    if not cell.get("compile"):
+        return []
+    scope = cell.get("compile_scope") or "model"
+    return ["compile" if scope == "model" else f"compile={scope}"]
 
 
 def _cell_fields(record: dict) -> dict[str, str]:
@@ -151,14 +160,14 @@ def accuracy_summary(frame: pd.DataFrame) -> pd.DataFrame | None:
 
 def ratio_to(frame: pd.DataFrame, value: str, methods: tuple[str, ...]) -> tuple[pd.Series, str | None]:
     """`value` of each row over that of the reference method's row with the same GPU type, model, precision, batch
-    size, sequence length, compile flag and variant (which names the run when several runs hold the same cell).
+    size, sequence length, compile flag and scope and variant (which names the run when several runs hold the same cell).
     The reference is the first of `methods` that finished somewhere (of several configurations of it, the first by
     label). Returns (ratios, the reference method or None)."""
     ok = frame["status"] == "ok"
     method = next((m for m in methods if (ok & (frame["method"] == m)).any()), None)
     if method is None:
         return pd.Series(float("nan"), index=frame.index), None
-    keys = ["gpu_type", "model", "precision", "batch_size", "seq_len", "compile", "variant"]
+    keys = ["gpu_type", "model", "precision", "batch_size", "seq_len", "compile", "compile_scope", "variant"]
     ref = frame[ok & (frame["method"] == method)].sort_values("config").drop_duplicates(keys)[keys + [value]]
     merged = frame[keys].merge(ref.rename(columns={value: "_ref"}), on=keys, how="left")
     ratio = pd.to_numeric(frame[value], errors="coerce").to_numpy(dtype=float) / pd.to_numeric(

@@ -21,7 +21,7 @@ def _rows(method: str, r, per_lr: dict, task: str = "trec6", status: dict | None
             rows.append({
                 "task": task, "task_args": "{}", "model": "minilm-l6", "method": method, "impl": "eager", "r": r,
                 "alpha": None, "basis": None, "precision": "fp32", "batch_size": 32, "seq_len": 32,
-                "warmup_steps": 1, "steps": 100, "compile": False, "head_lr": None, "lr": lr, "seed": seed,
+                "warmup_steps": 1, "steps": 100, "compile": False, "compile_scope": "model", "head_lr": None, "lr": lr, "seed": seed,
                 "status": (status or {}).get((lr, seed), "ok"), "trainable_params": 1000 if r else 22_000_000,
                 "val_accuracy": val, "test_accuracy": test, "test_macro_f1": test - 0.1, "samples_per_s": 100.0,
                 "peak_allocated_bytes": None, "wall_s": 10.0,

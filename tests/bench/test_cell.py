@@ -195,3 +195,31 @@ def test_without_head_lr_one_group_trains_everything_and_the_hash_is_unchanged()
     assert "head_lr" not in cell.identity()
     setup = cellmod._set_up(cell, torch.device("cpu"), PRECISIONS[cell.precision], TASKS[cell.task], {})
     assert len(setup.optimizer.param_groups) == 1
+
+
+def test_compile_blocks_compiles_each_repeated_block_once_and_nothing_nested(monkeypatch):
+    from torch import nn
+
+    from bench import presets
+
+    compiled: list[nn.Module] = []
+    monkeypatch.setattr(nn.Module, "compile", lambda self, *a, **k: compiled.append(self))
+    model, _ = presets.build("tiny-llama", torch.float32, "cpu")
+    assert cellmod.COMPILERS["blocks"](model) is model
+    layers = list(model.model.layers)
+    assert len(layers) >= 2 and compiled == layers
+
+
+def test_compile_blocks_without_repeated_blocks_is_one_sentence():
+    from torch import nn
+
+    from bench.errors import BenchError
+
+    with pytest.raises(BenchError, match="finds no repeated blocks .* in Sequential; use compile_scope: model"):
+        cellmod.COMPILERS["blocks"](nn.Sequential(nn.Linear(2, 2)))
+
+
+def test_compile_scope_is_in_the_label_and_the_default_keeps_the_hash():
+    cell = one_cell(compile=True, compile_scope="blocks")
+    assert cell.label().endswith("compile=blocks") and cell.identity()["compile_scope"] == "blocks"
+    assert "compile_scope" not in one_cell(compile=True).identity()

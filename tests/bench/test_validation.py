@@ -94,6 +94,11 @@ EXACT = {
         "grid.yaml, line 1: axes holds a cell where head_lr is set but the cell trains no module in full "
         "(trainable_modules is empty); name the trainable_modules or drop head_lr.",
     ),
+    "compile_scope without compile": (
+        "axes:\n  compile_scope: [blocks]\n",
+        "grid.yaml, line 1: axes holds a cell where compile_scope 'blocks' needs compile: true; set compile: true or "
+        "drop compile_scope.",
+    ),
     "bad head_lr": (
         "axes:\n  model: [tiny-bert]\n  head_lr: [-1]\n",
         "grid.yaml, line 3: axes.head_lr[0] is -1; it must be a positive number, or null.",
