@@ -43,8 +43,8 @@ DEFAULT_VAL_TEST = ("val_accuracy", "test_accuracy")
 VAL_TEST = {"full-rank-probe": ("val_output_recovered", "test_output_recovered")}  # (choose on, report)
 DETAIL_METRICS = ("test_accuracy", "test_macro_f1", "test_output_recovered", "delta_recovered", "top_r_energy")
 OUTPUT_COLUMNS = (
-    *CONFIG_COLUMNS, "trainable_params", "lr", "lrs", "lr_edge", "seeds", "failed", "select_metric", "val_mean", "val_std",
-    "metric", "mean", "std", "samples_per_s", "peak_allocated_bytes", "wall_s",
+    *CONFIG_COLUMNS, "trainable_params", "lr", "lrs", "lr_edge", "seeds", "failed", "select_metric", "val_mean",
+    "val_std", "metric", "mean", "std", "samples_per_s", "peak_allocated_bytes", "wall_s",
 )  # fmt: skip
 COUNTS = ("trainable_params", "lrs", "seeds", "failed", "peak_allocated_bytes")  # Int64 columns
 

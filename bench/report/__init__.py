@@ -60,10 +60,8 @@ def render(runs: data.Runs, title: str) -> str:
         trim_blocks=False,
     )
     counts = frame["status"].value_counts()
-    sharing = pd.to_numeric(frame.get("cells_per_gpu"), errors="coerce") if "cells_per_gpu" in frame else None
-    shared = None
-    if sharing is not None and (sharing > 1).any():
-        shared = {"cells": int((sharing > 1).sum()), "most": int(sharing.max())}
+    sharing = pd.to_numeric(frame["cells_per_gpu"], errors="coerce").fillna(1)  # cells that shared a GPU
+    shared = {"cells": int((sharing > 1).sum()), "most": int(sharing.max())} if (sharing > 1).any() else None
     return env.get_template(TEMPLATE).render(
         title=title,
         built_at=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

@@ -160,8 +160,8 @@ def accuracy_summary(frame: pd.DataFrame) -> pd.DataFrame | None:
 
 def ratio_to(frame: pd.DataFrame, value: str, methods: tuple[str, ...]) -> tuple[pd.Series, str | None]:
     """`value` of each row over that of the reference method's row with the same GPU type, model, precision, batch
-    size, sequence length, compile flag and scope and variant (which names the run when several runs hold the same cell).
-    The reference is the first of `methods` that finished somewhere (of several configurations of it, the first by
+    size, sequence length, compile flag and scope, and variant (which names the run when several runs hold the same
+    cell). The reference is the first of `methods` that finished somewhere (of several configurations of it, the first by
     label). Returns (ratios, the reference method or None)."""
     ok = frame["status"] == "ok"
     method = next((m for m in methods if (ok & (frame["method"] == m)).any()), None)
