@@ -23,6 +23,7 @@ from .tasks import TASKS
 INJECTIONS = ("none", "oom", "error", "nan", "hang")  # faults a grid may inject on purpose (tests, demos)
 DEVICES = ("auto", "cpu", "cuda")
 NOT_HASHED = ("timeout_s",)
+HASHED_IF_SET = {"task_args": {}, "gpus": 1, "head_lr": None, "compile_scope": "model"}  # added later: their defaults
 COMPILE_SCOPES = ("model", "blocks")
 HASH_CHARS = 12
 
@@ -251,16 +252,13 @@ class Cell:
         return cls(**data)
 
     def identity(self) -> dict:
-        """The fields that define what is measured (everything but NOT_HASHED; no task_args when there are none,
-        so that cells from before the field existed keep their hashes)."""
-        data = {k: v for k, v in self.to_dict().items() if k not in NOT_HASHED and (k != "task_args" or v)}
-        if data["gpus"] == 1:  # likewise for gpus, added later still
-            del data["gpus"]
-        if data["head_lr"] is None:  # and head_lr
-            del data["head_lr"]
-        if data["compile_scope"] == "model":  # and compile_scope
-            del data["compile_scope"]
-        return data
+        """The fields that define what is measured: everything but NOT_HASHED, and the fields added after cells were
+        first recorded only when they differ from their default, so that older cells keep their hashes."""
+        return {
+            k: v
+            for k, v in self.to_dict().items()
+            if k not in NOT_HASHED and not (k in HASHED_IF_SET and v == HASHED_IF_SET[k])
+        }
 
     @property
     def hash(self) -> str:
