@@ -12,6 +12,8 @@ anything unexpected, and whatever was measured before a failure.
 
 from __future__ import annotations
 
+import statistics
+
 import threading
 import traceback
 from contextlib import ExitStack
@@ -270,7 +272,8 @@ def _measure(cell: Cell, options: Options, out: dict) -> None:
             from . import profile
 
             rank = setup.ranks.rank if setup.ranks else 0  # every rank steps (collectives); each its own trace
-            profile.trace(setup.step, device, options.profile_dir + (f"/rank{rank}" if rank else ""))
+            folder = options.profile_dir + (f"/rank{rank}" if rank else "")
+            profile.trace(setup.step, device, folder, step_s=statistics.median(step_times))
         if options.measure_ceiling:
             train.update(_ceiling(device, precision, train, cell.gpus))
         if task.evaluate is not None:

@@ -79,7 +79,14 @@ def _parser() -> argparse.ArgumentParser:
         help="keep ok / oom / diverged cells, run again those that ended in error, timeout or skipped",
     )
     mode.add_argument("--force", dest="mode", action="store_const", const="force", help="run every cell again")
-    run.add_argument("--dry-run", action="store_true", help="list the cells and exit")
+    run.add_argument(
+        "--only",
+        nargs="+",
+        metavar="SELECTOR",
+        help="run only the cells whose label contains a SELECTOR or whose hash starts with one (the others are "
+        "left as they are: add them later with --resume)",
+    )
+    run.add_argument("--dry-run", action="store_true", help="list the cells and exit (with --only: those it picks)")
     run.add_argument(
         "--profile",
         nargs="*",
@@ -192,11 +199,12 @@ def _run(args) -> int:
     grid = matrix.load(args.matrix)
     run_dir = args.run_dir or Path("runs") / (args.name or grid.name)
     if args.dry_run:
-        return _dry_run(grid, run_dir)
+        return _dry_run(grid, run_dir, args.only)
     options = RunOptions(
         run_dir=run_dir,
         mode=args.mode,
         profile=tuple(args.profile) if args.profile is not None else None,
+        only=tuple(args.only) if args.only else None,
         measure_ceiling=args.measure_ceiling,
         argv=sys.argv,
         launcher=launchers.from_arguments(args, grid.slurm),
@@ -213,11 +221,16 @@ def _run(args) -> int:
     return summary.exit_code
 
 
-def _dry_run(grid, run_dir: Path) -> int:
+def _dry_run(grid, run_dir: Path, only: list[str] | None) -> int:
     from .results import RunFolder
+    from .runner import check_selectors, selects
 
     done = RunFolder(run_dir).records()
+    if only:
+        check_selectors(grid.cells, tuple(only), "--only")
     for cell in grid.cells:
+        if only and not selects(cell, tuple(only)):
+            continue
         status = done[cell.hash]["status"] if cell.hash in done else "-"
         print(f"{cell.hash}  {status:<8}  {cell.label()}")
     finished = sum(c.hash in done for c in grid.cells)

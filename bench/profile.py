@@ -6,6 +6,10 @@ Two files per profiled cell, under <run>/profiles/<cell hash>/:
                                             then tensorboard --logdir <run>/profiles/<cell hash>
     trace.json                              the same Chrome trace under a fixed name, for chrome://tracing or
                                             https://ui.perfetto.dev
+    summary.txt                             the operators by their own time on the device (on the CPU without
+                                            a GPU), and on a GPU the device's busy share of the measured step:
+                                            kernel time per step / the median step measured without the profiler
+                                            (near 100 %: the GPU is the bound; far below: the host or gaps are)
 (A profile's trace can be exported only once — a second export_chrome_trace raises "Trace is already saved" —
 hence the copy instead of a second export.)
 """
@@ -17,13 +21,16 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
 
 WARMUP_STEPS, ACTIVE_STEPS = 1, 2
+SUMMARY_ROWS = 40
 
 
-def trace(run_step: Callable[[int], object], device: torch.device, out_dir: str) -> None:
-    """Profile WARMUP_STEPS + ACTIVE_STEPS calls of `run_step(i)` and write both trace files into `out_dir`."""
+def trace(run_step: Callable[[int], object], device: torch.device, out_dir: str, step_s: float | None = None) -> None:
+    """Profile WARMUP_STEPS + ACTIVE_STEPS calls of `run_step(i)` and write the trace files and summary.txt into
+    `out_dir`; `step_s` is the cell's median step measured without the profiler."""
     folder = Path(out_dir)
     shutil.rmtree(folder, ignore_errors=True)  # a trace of an earlier run of this cell would be ambiguous
     tensorboard_dir = folder / "tensorboard"
@@ -40,3 +47,20 @@ def trace(run_step: Callable[[int], object], device: torch.device, out_dir: str)
             prof.step()
     (written,) = tensorboard_dir.glob("cell.*.pt.trace.json")
     shutil.copyfile(written, folder / "trace.json")
+    (folder / "summary.txt").write_text(summary(prof.key_averages(), device, step_s), encoding="utf-8")
+
+
+def summary(averages, device: torch.device, step_s: float | None, rows: int = SUMMARY_ROWS) -> str:
+    """The operator table of the active steps, headed by the device's busy share of a measured step."""
+    on_gpu = device.type == "cuda"
+    key = "self_device_time_total" if on_gpu else "self_cpu_time_total"
+    lines = [f"{ACTIVE_STEPS} profiled steps after {WARMUP_STEPS} warm-up; operators by {key}"]
+    if on_gpu:
+        # the kernels' own rows (an operator's row repeats the time of the kernels it launched)
+        busy_ms = sum(getattr(e, key) for e in averages if e.device_type != DeviceType.CPU) / 1e3 / ACTIVE_STEPS
+        lines.append(f"device kernel time per step: {busy_ms:.1f} ms")
+        if step_s:
+            lines.append(
+                f"median step without the profiler: {step_s * 1e3:.1f} ms -> device busy {busy_ms / (step_s * 1e3):.0%}"
+            )
+    return "\n".join(lines) + "\n\n" + averages.table(sort_by=key, row_limit=rows) + "\n"

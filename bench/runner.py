@@ -52,6 +52,7 @@ class RunOptions:
     mode: str = "new"
     profile: tuple[str, ...] | None = None  # None: no traces; (): every cell; else cells whose label/hash contains one
     measure_ceiling: bool = False
+    only: tuple[str, ...] | None = None  # None: every cell the mode picks; else only those a selector matches
     argv: list[str] = field(default_factory=list)
     launcher: Launcher = field(default_factory=LocalLauncher)  # where cells run: this machine, or Slurm
 
@@ -90,6 +91,8 @@ class Runner:
     def plan(self) -> tuple[list[Cell], list[Cell]]:
         """(cells to run, finished cells kept), by mode; refuses to mix a new run into a folder holding results."""
         mode, done = self.options.mode, self._records
+        for flag, selectors in (("--only", self.options.only), ("--profile", self.options.profile)):
+            check_selectors(self.grid.cells, selectors or (), flag)
         ours = [c for c in self.grid.cells if c.hash in done]
         if mode == "new" and ours:
             raise BenchError(
@@ -97,11 +100,15 @@ class Runner:
                 "finished cells, --rerun-failed to run the failed ones again, or --force to run every cell again."
             )
         if mode == "force":
-            return list(self.grid.cells), []
-        keep = (lambda s: True) if mode == "resume" else (lambda s: s in KEPT_BY_RERUN_FAILED)
-        kept = [c for c in ours if keep(done[c.hash]["status"])]
-        self._kept = {c.hash: done[c.hash] for c in kept}
-        return [c for c in self.grid.cells if c not in kept], kept
+            todo, kept = list(self.grid.cells), []
+        else:
+            keep = (lambda s: True) if mode == "resume" else (lambda s: s in KEPT_BY_RERUN_FAILED)
+            kept = [c for c in ours if keep(done[c.hash]["status"])]
+            self._kept = {c.hash: done[c.hash] for c in kept}
+            todo = [c for c in self.grid.cells if c not in kept]
+        if self.options.only is not None:
+            todo = [c for c in todo if selects(c, self.options.only)]
+        return todo, kept
 
     @staticmethod
     def groups(cells: list[Cell]) -> list[list[Cell]]:
@@ -237,9 +244,22 @@ class Runner:
 
     def _profiled(self, cell: Cell) -> bool:
         selectors = self.options.profile
-        if selectors is None:
-            return False
-        return not selectors or any(s in cell.label() or cell.hash.startswith(s) for s in selectors)
+        return selectors is not None and (not selectors or selects(cell, selectors))
+
+
+def selects(cell: Cell, selectors: tuple[str, ...]) -> bool:
+    """Whether a selector of --profile / --only names the cell: a part of its label or the start of its hash."""
+    return any(s in cell.label() or cell.hash.startswith(s) for s in selectors)
+
+
+def check_selectors(cells: list[Cell], selectors: tuple[str, ...], flag: str) -> None:
+    """Refuses a selector that names no cell of the grid (a typo would otherwise run or profile nothing)."""
+    for selector in selectors:
+        if not any(selects(c, (selector,)) for c in cells):
+            raise BenchError(
+                f"{flag} {selector!r} names no cell of this grid; give a part of a cell's label or the start of its "
+                "hash, as `python -m bench run --matrix GRID --dry-run` lists them."
+            )
 
 
 def _other_processes(slot: Slot) -> list[dict]:

@@ -164,6 +164,9 @@ def test_profiling_writes_a_tensorboard_and_a_chrome_trace(tmp_path):
     (tensorboard,) = (tmp_path / "tensorboard").glob("*.pt.trace.json")
     for path in (tensorboard, tmp_path / "trace.json"):
         assert json.loads(path.read_text())["traceEvents"]
+    summary = (tmp_path / "summary.txt").read_text()
+    assert "self_cpu_time_total" in summary.splitlines()[0]
+    assert "aten::mm" in summary  # the operator table lists the adapter's matmuls
 
 
 def test_a_measured_ceiling_gives_a_second_mfu():

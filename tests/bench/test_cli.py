@@ -66,6 +66,14 @@ def test_a_dry_run_lists_every_cell_with_its_hash_and_runs_nothing(capsys, tmp_p
     assert not (tmp_path / "r").exists()
 
 
+def test_a_dry_run_with_only_lists_the_cells_it_would_run(capsys, tmp_path):
+    code, out = run_cli(capsys, "run", "--matrix", "default", "--dry-run", "--only", "randlora", "--run-dir", str(tmp_path))
+    cells = out.splitlines()[:-1]
+    assert code == 0 and cells and all("randlora" in line for line in cells)
+    code, out = run_cli(capsys, "run", "--matrix", "default", "--dry-run", "--only", "no-such-method")
+    assert code == 2
+
+
 def test_name_chooses_the_run_folder_under_runs(capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     code, out = run_cli(capsys, "run", "--matrix", "default", "--dry-run", "--name", "mine")

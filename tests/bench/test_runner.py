@@ -153,6 +153,24 @@ def test_modes_choose_which_cells_run_again(tmp_path, mode, runs):
     assert len(kept) == 5 - len(runs)
 
 
+def test_only_narrows_the_cells_to_run_by_label_or_hash_and_keeps_the_mode(tmp_path):
+    grid = grid_from_text("axes: {method: [lora, full], batch_size: [1, 2]}")
+    lora_b1, lora_b2, full_b1, full_b2 = grid.cells
+    fake_records(results.RunFolder(tmp_path), grid, ["ok", "error", "ok"])  # full b2 never ran
+    todo, kept = Runner(grid, RunOptions(tmp_path, mode="resume", only=("full",))).plan()
+    assert todo == [full_b2] and len(kept) == 3
+    todo, _ = Runner(grid, RunOptions(tmp_path, mode="force", only=(lora_b2.hash[:6], "full fp32 b1"))).plan()
+    assert todo == [lora_b2, full_b1]
+
+
+@pytest.mark.parametrize("field", ["only", "profile"])
+def test_a_selector_that_names_no_cell_is_refused(tmp_path, field):
+    grid = grid_from_text("axes: {method: [lora, full]}")
+    options = RunOptions(tmp_path, **{field: ("lora", "randlora")})
+    with pytest.raises(BenchError, match=rf"--{field} 'randlora' names no cell of this grid; give a part"):
+        Runner(grid, options).plan()
+
+
 def test_an_oom_kept_from_an_earlier_run_skips_larger_batches_of_its_group(tmp_path):
     grid = grid_from_text("axes: {method: [lora, full], batch_size: [1, 2]}")
     lora_b1 = grid.cells[0]
