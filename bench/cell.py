@@ -23,6 +23,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from randlora import regional
+
 from . import distributed, memory, methods, metrics, presets, timing
 from .cells import Cell
 from .errors import BenchError
@@ -149,19 +151,9 @@ class _Setup:
 
 
 def _compile_blocks(model: nn.Module) -> nn.Module:
-    """Regional compilation: every block of each nn.ModuleList of two or more blocks (a transformer's layers)
-    compiled on its own, in place (`nn.Module.compile`: names and state dict unchanged); blocks nested in a
-    compiled block are left to it. The blocks share their code, so dynamo reuses one graph for all of them."""
-    compiled: list[str] = []
-    for name, module in model.named_modules():
-        if not isinstance(module, nn.ModuleList) or len(module) < 2:
-            continue
-        if any(name.startswith(done + ".") for done in compiled):
-            continue
-        for index, block in enumerate(module):
-            block.compile()
-            compiled.append(f"{name}.{index}" if name else str(index))
-    if not compiled:
+    """compile_scope blocks: regional compilation (`randlora.regional`), refused when the model has no repeated
+    blocks."""
+    if not regional.compile_blocks(model):
         raise BenchError(
             f"compile_scope blocks finds no repeated blocks (an nn.ModuleList of two or more) in "
             f"{type(model).__name__}; use compile_scope: model."

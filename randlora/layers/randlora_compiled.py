@@ -1,18 +1,29 @@
-"""RandLoRA, compiled: the eager math of `functional.py` under `torch.compile(fullgraph=True, dynamic=True)`.
+"""RandLoRA, compiled: the eager math of `functional.py` under `torch.compile`, by regional compilation.
 
-fullgraph=True makes any graph break inside the adapter an error instead of a silent slowdown; dynamic=True
-compiles one graph for every token count, so a new batch size does not recompile. A model still needs a few
-graphs (one per dtype, orientation of the layer and contraction order), more than dynamo's default limit of 8
-when several models share a process, hence the raised limit. Without autograd (evaluation, merging) the eager
-function runs: compiling is for training steps. Inside a model that is itself under `torch.compile` the eager
-function runs too, traced into the model's graph (a nested compile would break that graph at every layer).
+Adapting a model compiles, in place, each block of its repeated stack (`randlora.regional`: a transformer's decoder
+layers) that holds an adapted layer; inside such a block the eager function is traced into the block's graph, so
+the adapter's small kernels fuse with the block's own elementwise work and one graph serves every block. Measured
+on an H200 (Llama 1.1B shapes, batch 8 × 1024, `reports/perf-h200/`): the eager impl with its blocks compiled ran
+1.71× the eager impl, where compiling the adapter function alone, layer by layer, ran 0.82× (a dynamo-guarded call
+per layer costs more host time than its fusions save).
+
+Adapted layers outside any repeated block (a lone layer, a head) run that per-layer compiled function:
+`torch.compile(fullgraph=True, dynamic=True)`; fullgraph=True makes a graph break inside the adapter an error
+instead of a silent slowdown, and dynamic=True compiles one graph for every token count. A model still needs a few
+graphs (one per dtype, orientation of the layer and contraction order), more than dynamo's default limit of 8 when
+several models share a process, hence the raised limit. Without autograd (evaluation, merging) that function runs
+eagerly. Inside a model that is itself under `torch.compile` the eager function runs too, traced into the model's
+graph (a nested compile would break that graph at every layer).
 """
 from __future__ import annotations
 
 import functools
+import warnings
 
 import torch
+from torch import nn
 
+from .. import regional
 from ..functional import randlora_linear
 from ..registry import register
 from .randlora_eager import RandLoRALinear
@@ -34,7 +45,34 @@ def compiled_randlora_linear():
     return run
 
 
+def model_config(model: nn.Module):
+    """A transformers model's config (None for other modules)."""
+    return getattr(model, "config", None)
+
+
 @register("randlora", "compiled")
 class CompiledRandLoRALinear(RandLoRALinear):
+    in_compiled_block = False  # set by adapt_model on the layers whose block it compiled
+
+    @classmethod
+    def adapt_model(cls, model: nn.Module, config, targets: dict[str, nn.Linear]) -> None:
+        super().adapt_model(model, config, targets)
+
+        def holds_adapter(block: nn.Module) -> bool:
+            layers = [m for m in block.modules() if isinstance(m, cls)]
+            for layer in layers:
+                layer.in_compiled_block = True
+            return bool(layers)
+
+        if regional.compile_blocks(model, keep=holds_adapter) and getattr(model_config(model), "use_cache", False):
+            warnings.warn(
+                "the model's config has use_cache=True: a KV cache built during training makes each compiled block "
+                "compile a graph of its own (and, past dynamo's recompile limit, run eagerly); set "
+                "model.config.use_cache = False for training.",
+                stacklevel=3,
+            )
+
     def linear_function(self):
+        if self.in_compiled_block or torch.compiler.is_compiling():
+            return randlora_linear  # traced into the enclosing graph
         return compiled_randlora_linear()

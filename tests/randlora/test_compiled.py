@@ -1,6 +1,7 @@
 """The compiled impl: one graph with no break inside the adapter, no recompilation when only the batch changes."""
 from __future__ import annotations
 
+import pytest
 import torch
 import torch._dynamo
 
@@ -63,3 +64,73 @@ def test_a_model_under_torch_compile_traces_every_impl_into_one_graph_and_matche
         grads = [p.grad for p in model.parameters() if p.requires_grad]
         for grad, expected in zip(grads, eager_grads):
             torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-4)
+
+
+class _Block(torch.nn.Module):
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.up, self.down = torch.nn.Linear(d, 2 * d), torch.nn.Linear(2 * d, d)
+
+    def forward(self, x):
+        return x + self.down(torch.nn.functional.gelu(self.up(x)))
+
+
+class _Stack(torch.nn.Module):
+    """A transformer's shape: a repeated stack of blocks, then a head outside it."""
+
+    def __init__(self, d: int = 12) -> None:
+        super().__init__()
+        self.blocks = torch.nn.ModuleList(_Block(d) for _ in range(3))
+        self.head = torch.nn.Linear(d, 5)
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)
+
+
+def _stack(impl: str, targets=("up", "head")) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = randlora.adapt(_Stack().double(), randlora.RandLoRAConfig(r=3, impl=impl, target_modules=list(targets)))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "randlora_lambda" in name:
+                p.normal_()
+    return model
+
+
+def _loss_and_grads(model, x):
+    y = model(x)
+    y.square().sum().backward()
+    return y.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_the_compiled_impl_compiles_each_block_holding_an_adapter_and_matches_eager_in_float64():
+    from torch._dynamo.utils import counters
+
+    x = torch.randn(4, 7, 12, dtype=torch.float64)
+    expected_y, expected_grads = _loss_and_grads(_stack("eager"), x)
+    for outer in (None, torch.compile):  # alone, and inside a model that is itself compiled (`compile: true`)
+        torch._dynamo.reset()
+        counters.clear()
+        model = _stack("compiled")
+        assert all(block._compiled_call_impl is not None for block in model.blocks)
+        assert all(block.up.in_compiled_block for block in model.blocks) and not model.head.in_compiled_block
+        y, _ = _loss_and_grads(outer(model) if outer else model, x)
+        grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+        assert not counters["graph_break"]
+        torch.testing.assert_close(y, expected_y, rtol=1e-12, atol=1e-12)
+        for name, grad in grads.items():
+            torch.testing.assert_close(grad, expected_grads[name], rtol=1e-12, atol=1e-12)
+
+
+def test_blocks_without_an_adapter_are_not_compiled():
+    model = _stack("compiled", targets=["head"])
+    assert all(block._compiled_call_impl is None for block in model.blocks)
+
+
+def test_the_compiled_impl_warns_when_a_kv_cache_would_recompile_every_block():
+    model = _Stack()
+    model.config = type("Config", (), {"use_cache": True})()
+    with pytest.warns(UserWarning, match="use_cache=True: a KV cache built during training"):
+        randlora.adapt(model, randlora.RandLoRAConfig(r=3, impl="compiled", target_modules=["up"]))
