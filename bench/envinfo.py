@@ -6,6 +6,7 @@ own process adds what only torch can say (its CUDA build, the device it ran on).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import subprocess
@@ -55,6 +56,22 @@ def git_state(root: Path = REPO_ROOT) -> dict:
     return {"git_commit": commit, "git_dirty": bool(status) if status is not None else None}
 
 
+SOURCE_PACKAGES = ("randlora", "bench")  # the code a result depends on, digested in source_sha256
+
+
+def source_digest(root: Path = REPO_ROOT) -> str | None:
+    """sha256 over the paths and bytes of every .py file of the two packages, in path order: names the code that
+    ran even where git cannot (a copy of the tree without .git, or one under a stale checkout). Recompute it for a
+    commit with `git worktree add` and this function."""
+    files = sorted(p for package in SOURCE_PACKAGES for p in (root / package).rglob("*.py") if "__pycache__" not in p.parts)
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 def capture() -> dict:
     """The run's environment: host, software, git, and every GPU NVML sees (the run's GPUs are chosen later)."""
     gpus = nvml.gpus()
@@ -68,6 +85,7 @@ def capture() -> dict:
         "host_memory_bytes": psutil.virtual_memory().total,
         **{f"{name.replace('-', '_')}_version": package_version(name) for name in PACKAGES},
         **git_state(),
+        "source_sha256": source_digest(),
         "gpu_count": len(gpus),
         "gpus": [nvml.describe(gpu.uuid) for gpu in gpus],
     }

@@ -176,6 +176,7 @@ COLUMNS: tuple[Column, ...] = (
     _c("peft_version", "string", "env.peft_version", ""),
     _c("git_commit", "string", "env.git_commit", ""),
     _c("git_dirty", "boolean", "env.git_dirty", "tracked files differed from the commit"),
+    _c("source_sha256", "string", "env.source_sha256", "digest of the randlora and bench sources that ran"),
     _c("run_name", "string", "run.run_name", ""),
     _c("started_at", "string", "run.started_at", "ISO 8601, UTC"),
     _c("wall_s", "float64", "run.wall_s", "wall time of the cell's process, start to result"),

@@ -224,7 +224,8 @@ def failures(runs: Runs) -> list[dict]:
 
 ENV_FIELDS = (
     "hostname", "os", "python_version", "cpu_name", "cpu_count", "host_memory_bytes", "torch_version",
-    "transformers_version", "peft_version", "randlora_bench_version", "git_commit", "git_dirty", "gpu_count",
+    "transformers_version", "peft_version", "randlora_bench_version", "git_commit", "git_dirty", "source_sha256",
+    "gpu_count",
 )  # fmt: skip
 GPU_FIELDS = (
     "gpu_name",

@@ -100,3 +100,16 @@ def test_summary_line_of_a_cpu_cell_has_no_peak():
         summary_line({"status": "ok", "label": "x", "train": {"tokens_per_s": 5.0}, "memory": {}})
         == "ok       x  5 tokens/s"
     )
+
+
+def test_the_source_digest_names_the_code_and_changes_with_it(tmp_path):
+    for package in envinfo.SOURCE_PACKAGES:
+        (tmp_path / package / "__pycache__").mkdir(parents=True)
+        (tmp_path / package / "a.py").write_text("x = 1\n")
+        (tmp_path / package / "__pycache__" / "a.cpython.py").write_text("ignored")
+    first = envinfo.source_digest(tmp_path)
+    (tmp_path / "bench" / "__pycache__" / "a.cpython.py").write_text("changed, still ignored")
+    assert envinfo.source_digest(tmp_path) == first and len(first) == 64
+    (tmp_path / "bench" / "a.py").write_text("x = 2\n")
+    assert envinfo.source_digest(tmp_path) != first
+    assert envinfo.source_digest(tmp_path / "empty") is None
