@@ -1,6 +1,6 @@
 """One rank of the FSDP2 parity check (tests/bench/test_distributed.py), started by torchrun:
 
-    python -m torch.distributed.run --standalone --nproc-per-node 2 tests/bench/fsdp_parity_worker.py OUT DEVICE
+    python -m torch.distributed.run --standalone --nproc-per-node 2 tests/bench/fsdp_parity_worker.py OUT DEVICE [IMPL]
 
 Builds tiny-llama adapted with RandLoRA exactly as a cell does (bench.distributed), trains one step on its slice of
 a global batch, and rank 0 saves what the test compares with one process on the whole batch: the loss, the full
@@ -20,11 +20,11 @@ from bench.precision import PRECISIONS
 from tests.bench.parity import GLOBAL_BATCH, adapted_model, global_batch, trainable_grads
 
 
-def main(out: str, device_type: str) -> None:
+def main(out: str, device_type: str, impl: str = "eager") -> None:
     ranks = distributed.from_environment()
     device = torch.device("cuda", ranks.local_rank) if device_type == "cuda" else torch.device("cpu")
     distributed.init(device)
-    model = adapted_model(device)
+    model = adapted_model(device, impl)
     digest = distributed.check_replicated(model)
     model = distributed.shard(model, PRECISIONS["fp32"], device, ranks.world_size)
     batch = distributed.rank_slice(lambda step: global_batch(device), ranks, GLOBAL_BATCH // ranks.world_size)(0)
@@ -62,4 +62,4 @@ def main(out: str, device_type: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:])

@@ -10,12 +10,12 @@ from bench import presets
 GLOBAL_BATCH, SEQ_LEN = 4, 24  # 2 rows per rank at 2 ranks
 
 
-def adapted_model(device: torch.device):
+def adapted_model(device: torch.device, impl: str = "eager"):
     """tiny-llama (float32, seed 0) with RandLoRA r=8 on every projection, as a cell builds it; λ drawn at random
     (it starts at zero, where γ's gradient is zero too and would prove nothing)."""
     torch.manual_seed(0)
     model, _ = presets.build("tiny-llama", torch.float32, device)
-    config = randlora.RandLoRAConfig(r=8, alpha=16, target_modules=randlora.LLAMA_PROJECTIONS, seed=3)
+    config = randlora.RandLoRAConfig(r=8, alpha=16, target_modules=randlora.LLAMA_PROJECTIONS, seed=3, impl=impl)
     model = randlora.adapt(model, config).train()
     gen = torch.Generator().manual_seed(2)
     with torch.no_grad():

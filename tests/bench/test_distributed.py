@@ -24,13 +24,10 @@ from .parity import adapted_model, global_batch, trainable_grads
 REPO = Path(__file__).resolve().parents[2]
 # float32 throughout; two ranks sum their half-batch gradients in another order than one process does
 TOLERANCES = {"cpu": {"rtol": 1e-5, "atol": 1e-7}, "cuda": {"rtol": 1e-4, "atol": 1e-6}}
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda",
-        marks=pytest.mark.skipif(torch.cuda.device_count() < 2, reason="FSDP2 over NCCL needs two GPUs"),
-    ),
-]
+GPU_PAIR = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="FSDP2 over NCCL needs two GPUs")
+# (device, the ranks' impl); the one-process reference is always the eager impl. The compiled impl compiles each
+# decoder block in place before fully_shard wraps it.
+RUNS = [("cpu", "eager"), ("cpu", "compiled"), pytest.param(("cuda", "eager"), marks=GPU_PAIR)]
 
 
 def one_process_reference(device: torch.device) -> dict:
@@ -46,16 +43,17 @@ def one_process_reference(device: torch.device) -> dict:
     return {"loss": loss.item(), "loss_after_step": loss_after.item(), "grads": grads}
 
 
-@pytest.fixture(scope="module", params=DEVICES)
+@pytest.fixture(scope="module", params=RUNS, ids=["cpu-eager", "cpu-compiled", "cuda-eager"])
 def two_ranks(request, tmp_path_factory) -> tuple[dict, dict, str]:
-    """(what rank 0 of a 2-rank FSDP2 run saved, the one-process reference, the device type)."""
+    """(what rank 0 of a 2-rank FSDP2 run saved, the one-process eager reference, the device type)."""
+    device, impl = request.param
     out = tmp_path_factory.mktemp("fsdp") / "ranks.pt"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
-    command += [str(REPO / "tests/bench/fsdp_parity_worker.py"), str(out), request.param]
+    command += [str(REPO / "tests/bench/fsdp_parity_worker.py"), str(out), device, impl]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
-    return torch.load(out), one_process_reference(torch.device(request.param)), request.param
+    return torch.load(out), one_process_reference(torch.device(device)), device
 
 
 @pytest.mark.slow
