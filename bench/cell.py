@@ -13,7 +13,6 @@ anything unexpected, and whatever was measured before a failure.
 from __future__ import annotations
 
 import statistics
-
 import threading
 import traceback
 from contextlib import ExitStack

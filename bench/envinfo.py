@@ -63,7 +63,9 @@ def source_digest(root: Path = REPO_ROOT) -> str | None:
     """sha256 over the paths and bytes of every .py file of the two packages, in path order: names the code that
     ran even where git cannot (a copy of the tree without .git, or one under a stale checkout). Recompute it for a
     commit with `git worktree add` and this function."""
-    files = sorted(p for package in SOURCE_PACKAGES for p in (root / package).rglob("*.py") if "__pycache__" not in p.parts)
+    files = sorted(
+        p for package in SOURCE_PACKAGES for p in (root / package).rglob("*.py") if "__pycache__" not in p.parts
+    )
     if not files:
         return None
     digest = hashlib.sha256()

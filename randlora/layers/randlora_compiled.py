@@ -3,9 +3,9 @@
 Adapting a model compiles, in place, each block of its repeated stack (`randlora.regional`: a transformer's decoder
 layers) that holds an adapted layer; inside such a block the eager function is traced into the block's graph, so
 the adapter's small kernels fuse with the block's own elementwise work and one graph serves every block. Measured
-on an H200 (Llama 1.1B shapes, batch 8 × 1024, `reports/perf-h200/`): the eager impl with its blocks compiled ran
-1.71× the eager impl, where compiling the adapter function alone, layer by layer, ran 0.82× (a dynamo-guarded call
-per layer costs more host time than its fusions save).
+on an H200 (Llama 1.1B shapes, batch 8 × 1024, `reports/compiled-impl-h200/`): 1.79× the eager impl, where
+compiling the adapter function alone, layer by layer, ran 0.82× (a dynamo-guarded call per layer costs more host
+time than its fusions save).
 
 Adapted layers outside any repeated block (a lone layer, a head) run that per-layer compiled function:
 `torch.compile(fullgraph=True, dynamic=True)`; fullgraph=True makes a graph break inside the adapter an error

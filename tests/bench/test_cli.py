@@ -67,7 +67,8 @@ def test_a_dry_run_lists_every_cell_with_its_hash_and_runs_nothing(capsys, tmp_p
 
 
 def test_a_dry_run_with_only_lists_the_cells_it_would_run(capsys, tmp_path):
-    code, out = run_cli(capsys, "run", "--matrix", "default", "--dry-run", "--only", "randlora", "--run-dir", str(tmp_path))
+    argv = ("run", "--matrix", "default", "--dry-run", "--only", "randlora", "--run-dir", str(tmp_path))
+    code, out = run_cli(capsys, *argv)
     cells = out.splitlines()[:-1]
     assert code == 0 and cells and all("randlora" in line for line in cells)
     code, out = run_cli(capsys, "run", "--matrix", "default", "--dry-run", "--only", "no-such-method")
