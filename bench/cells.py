@@ -272,8 +272,7 @@ class Cell:
     def label(self) -> str:
         parts = [self.model, self.method.label(), self.precision, f"b{self.batch_size}x{self.seq_len}"]
         parts += [f"{self.gpus}gpus"] if self.gpus > 1 else []
-        if self.compile:
-            parts += ["compile" if self.compile_scope == "model" else f"compile={self.compile_scope}"]
+        parts += compile_label(self.compile, self.compile_scope)
         parts += [f"seed{self.seed}"] if self.seed else []
         parts += [self.task, f"lr={self.lr:g}"] if self.task != "throughput" else []  # accuracy cells sweep lr
         parts += [f"head_lr={self.head_lr:g}"] if self.head_lr is not None else []
@@ -290,6 +289,13 @@ def _canonical(value):
     if isinstance(value, (list, tuple)):
         return [_canonical(v) for v in value]
     return value
+
+
+def compile_label(compile: bool, scope: str | None) -> list[str]:
+    """A label's compile part: ["compile"] for the whole model, ["compile=blocks"] by blocks, [] uncompiled."""
+    if not compile:
+        return []
+    return ["compile" if (scope or "model") == "model" else f"compile={scope}"]
 
 
 def stable_hash(data: dict) -> str:

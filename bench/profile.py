@@ -52,13 +52,12 @@ def trace(run_step: Callable[[int], object], device: torch.device, out_dir: str,
     (folder / "summary.txt").write_text(text, encoding="utf-8")
 
 
-def summary(averages, device: torch.device, step_s: float | None, trace_path: Path | None = None,
-            rows: int = SUMMARY_ROWS) -> str:
+def summary(averages, device: torch.device, step_s: float | None, trace_path: Path, rows: int = SUMMARY_ROWS) -> str:
     """The operator table of the active steps, headed on a GPU by the device's busy share of a measured step."""
     on_gpu = device.type == "cuda"
     key = "self_device_time_total" if on_gpu else "self_cpu_time_total"
     lines = [f"{ACTIVE_STEPS} profiled steps after {WARMUP_STEPS} warm-up; operators by {key}"]
-    if on_gpu and trace_path is not None:
+    if on_gpu:
         lines += busy_lines(trace_path, step_s)
     return "\n".join(lines) + "\n\n" + averages.table(sort_by=key, row_limit=rows) + "\n"
 

@@ -8,8 +8,6 @@ is fused all the same.
 """
 from __future__ import annotations
 
-from typing import Callable
-
 from torch import nn
 
 
@@ -25,11 +23,9 @@ def repeated_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return found
 
 
-def compile_blocks(model: nn.Module, keep: Callable[[nn.Module], bool] = lambda block: True) -> list[str]:
-    """Compile in place every repeated block for which `keep(block)` holds; returns their names."""
-    names = []
-    for name, block in repeated_blocks(model):
-        if keep(block):
-            block.compile()
-            names.append(name)
-    return names
+def compile_blocks(model: nn.Module) -> list[str]:
+    """Compile every repeated block in place; returns their names."""
+    blocks = repeated_blocks(model)
+    for _, block in blocks:
+        block.compile()
+    return [name for name, _ in blocks]

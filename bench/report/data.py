@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from .. import results
-from ..cells import Cell, MethodSpec
+from ..cells import Cell, MethodSpec, compile_label
 from ..check import counted_bytes, device_class
 from ..errors import BenchError
 
@@ -98,16 +98,9 @@ def _configs(records: list[dict]) -> list[str]:
     configs = []
     for label, spec, record in zip(labels, specs, records):
         extra = [f"{k}={v}" for k, v in spec.params if len(values[(label, k)]) > 1 and f"{k}=" not in label]
-        configs.append(" ".join([label, *extra, *_compile_label(record["cell"])]))
+        cell = record["cell"]
+        configs.append(" ".join([label, *extra, *compile_label(cell.get("compile"), cell.get("compile_scope"))]))
     return configs
-
-
-def _compile_label(cell: dict) -> list[str]:
-    """["compile"] for a compiled model, ["compile=blocks"] for compiled blocks, [] otherwise."""
-    if not cell.get("compile"):
-        return []
-    scope = cell.get("compile_scope") or "model"
-    return ["compile" if scope == "model" else f"compile={scope}"]
 
 
 def _cell_fields(record: dict) -> dict[str, str]:
@@ -161,8 +154,8 @@ def accuracy_summary(frame: pd.DataFrame) -> pd.DataFrame | None:
 def ratio_to(frame: pd.DataFrame, value: str, methods: tuple[str, ...]) -> tuple[pd.Series, str | None]:
     """`value` of each row over that of the reference method's row with the same GPU type, model, precision, batch
     size, sequence length, compile flag and scope, and variant (which names the run when several runs hold the same
-    cell). The reference is the first of `methods` that finished somewhere (of several configurations of it, the first by
-    label). Returns (ratios, the reference method or None)."""
+    cell). The reference is the first of `methods` that finished somewhere (of several configurations of it, the
+    first by label). Returns (ratios, the reference method or None)."""
     ok = frame["status"] == "ok"
     method = next((m for m in methods if (ok & (frame["method"] == m)).any()), None)
     if method is None:

@@ -37,17 +37,12 @@ def compiled_randlora_linear():
 
     @functools.wraps(randlora_linear)
     def run(*args):
-        if not torch.is_grad_enabled() or torch.compiler.is_compiling():
+        if not torch.is_grad_enabled():
             return randlora_linear(*args)
         with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
             return compiled(*args)
 
     return run
-
-
-def model_config(model: nn.Module):
-    """A transformers model's config (None for other modules)."""
-    return getattr(model, "config", None)
 
 
 @register("randlora", "compiled")
@@ -57,14 +52,15 @@ class CompiledRandLoRALinear(RandLoRALinear):
     @classmethod
     def adapt_model(cls, model: nn.Module, config, targets: dict[str, nn.Linear]) -> None:
         super().adapt_model(model, config, targets)
-
-        def holds_adapter(block: nn.Module) -> bool:
+        compiled_any = False
+        for _, block in regional.repeated_blocks(model):
             layers = [m for m in block.modules() if isinstance(m, cls)]
-            for layer in layers:
-                layer.in_compiled_block = True
-            return bool(layers)
-
-        if regional.compile_blocks(model, keep=holds_adapter) and getattr(model_config(model), "use_cache", False):
+            if layers:
+                block.compile()
+                for layer in layers:
+                    layer.in_compiled_block = True
+                compiled_any = True
+        if compiled_any and getattr(getattr(model, "config", None), "use_cache", False):
             warnings.warn(
                 "the model's config has use_cache=True: a KV cache built during training makes each compiled block "
                 "compile a graph of its own (and, past dynamo's recompile limit, run eagerly); set "
