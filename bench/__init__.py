@@ -1,15 +1,15 @@
-"""The benchmark harness: a YAML matrix of cells, each trained for a few steps in its own process.
+"""The benchmark harness: a YAML grid of cells, each trained for a few steps in its own process.
 
     python -m bench run --matrix default      # the embedded CPU grid, a few minutes
     python -m bench run --matrix bench/grids/h200-anchors.yaml
-    python -m bench env | list
+    python -m bench report | check | accuracy | env | list
 
-Three concerns, kept apart (bench/README.md has the details):
-    what a cell is          matrix (grid file -> cells), cells (fields, checks, hash), and the registries
-                            presets, methods, precision, tasks
-    how a cell is run       runner (the parent: slots, timeouts, statuses), _child (the cell's process), nvml
-    what a cell measures    cell (the steps), timing, memory, metrics, profile, envinfo
-Results: results (one JSON per cell, the parquet / CSV table); progress and cli face the user.
-
-(bench.layer_bench and bench.ceilings are separate single-process scripts for one layer and the GPU's ceilings.)
+Layers, each importing only those below it (ARCHITECTURE.md has the picture and the path of one cell):
+    cli                 the command line
+    views, tools        readers of records (report, check, accuracy summary); single-purpose scripts
+    parent              the runner and its launchers: which cells run where, and every outcome recorded
+    worker              what runs inside a cell's process: measure, timing, memory, metrics, profiling, ranks
+    records             the typed record of a cell, the run folder, the results table
+    spec                a grid file -> cells, and the registries of presets, methods, precisions and tasks
+    core                errors, files, YAML, NVML, the machine's description
 """

@@ -8,8 +8,8 @@ import os
 import sys
 from pathlib import Path
 
-from . import launchers
-from .errors import BenchError
+from bench.core.errors import BenchError
+from bench.parent import launchers
 
 DESCRIPTION = """\
 Benchmark RandLoRA's variants against LoRA, full fine-tuning and peft on your own hardware.
@@ -22,7 +22,7 @@ throughput, memory and its environment as one JSON file, then a parquet/CSV tabl
   python -m bench list                          # presets, methods, precisions, tasks, grid fields
   python -m bench env                           # the hardware and software this machine offers
   python -m bench report runs/a runs/b -o report.html   # one offline HTML report of several runs
-  python -m bench check [RUN_DIR ...]           # peak memory per cell against reports/baselines/
+  python -m bench check [RUN_DIR ...]           # peak memory per cell against bench/baselines/
   python -m bench accuracy RUN_DIR              # accuracy tasks: mean ± std over seeds at the best lr
 """
 
@@ -109,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     accuracy = commands.add_parser(
         "accuracy",
         help="accuracy per task and method: mean ± std over seeds at the lr chosen on validation",
-        description="Summarize the accuracy cells of a run (bench/accuracy/summary.py) and write "
+        description="Summarize the accuracy cells of a run (bench/views/accuracy.py) and write "
         "RUN_DIR/accuracy_summary.csv.",
     )
     accuracy.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run folder")
@@ -125,8 +125,9 @@ The file opens offline: plotly.js, the charts' data and the styles are inlined.
 
 CHECK_EPILOG = """\
 measure: max_memory_allocated on a GPU; on a CPU, parameters + gradients + optimizer state + tensors saved for
-  backward, counted (the same on every run). Baselines: reports/baselines/<device class>.json, cells keyed by
-  their memory-relevant fields. A device class without a baseline is skipped with a message.
+  backward, counted (the same on every run). Baselines: bench/baselines/<device class>.json, cells keyed by
+  their memory-relevant fields. The gate fails closed: a device class without a baseline (unless
+  --allow-missing), a baseline without cells, or a run sharing no cell with its baseline exits 1.
 exit codes: 0 no regression, 1 a cell regressed, ran out of memory or was not measured, 2 bad input.
 """
 
@@ -143,6 +144,13 @@ def _add_report_and_check(commands) -> None:
     report.add_argument("results", nargs="+", type=Path, metavar="RESULTS", help="run folders")
     report.add_argument("-o", "--output", type=Path, default=Path("report.html"), help="default: %(default)s")
     report.add_argument("--title", default="RandLoRA benchmark report", help="the page's title")
+    report.add_argument(
+        "--plotly-js",
+        type=Path,
+        metavar="FILE",
+        help="load plotly.js from FILE (written there if missing; the page refers to it by a relative path) instead "
+        "of inlining it: pages that share one copy stay small. Default: inlined, one self-contained file",
+    )
     check = commands.add_parser(
         "check",
         help="gate: peak memory per cell against a committed baseline",
@@ -160,9 +168,13 @@ def _add_report_and_check(commands) -> None:
     check.add_argument(
         "--baselines",
         type=Path,
-        default=Path("reports/baselines"),
         metavar="DIR",
-        help="where baselines live (default: %(default)s)",
+        help="where baselines live (default: bench/baselines/ inside the package, from any working directory)",
+    )
+    check.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="a device class without a baseline is a message, not a failure (default: the gate fails closed)",
     )
     check.add_argument("--rtol", type=float, help="relative tolerance (default: the baseline's)")
     check.add_argument("--atol-bytes", type=int, help="absolute tolerance in bytes (default: the baseline's)")
@@ -174,29 +186,43 @@ def _add_report_and_check(commands) -> None:
 
 
 def _report(args) -> int:
-    from .report import build
+    from bench.views.report import build
 
-    print(f"wrote {build(args.results, args.output, title=args.title)}")
+    print(f"wrote {build(args.results, args.output, title=args.title, plotly_js=args.plotly_js)}")
     return 0
 
 
 def _check(args) -> int:
-    from . import check
+    from bench.views import check
 
-    return check.main(args.run_dirs, args.baselines, args.rtol, args.atol_bytes, args.update_baseline)
+    run_dirs = args.run_dirs or [_run_ci_grid(check.CI_GRID)]
+    return check.main(run_dirs, args.baselines, args.rtol, args.atol_bytes, args.update_baseline, args.allow_missing)
+
+
+def _run_ci_grid(name: str) -> Path:
+    """`bench check` without a run folder: run the embedded CI grid into runs/<its name> first."""
+    from bench.parent.runner import Runner, RunOptions
+    from bench.spec import grid as grids
+
+    grid = grids.load(name)
+    run_dir = Path("runs") / grid.name
+    summary = Runner(grid, RunOptions(run_dir=run_dir, mode="force", argv=sys.argv)).run()
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts.items()))
+    print(f"ran {len(grid.cells)} cells of {grid.source} into {run_dir} ({counts})")
+    return run_dir
 
 
 def _accuracy(args) -> int:
-    from .accuracy import summary
+    from bench.views import accuracy
 
-    return summary.main(args.run_dir)
+    return accuracy.main(args.run_dir)
 
 
 def _run(args) -> int:
-    from . import matrix
-    from .runner import Runner, RunOptions
+    from bench.parent.runner import Runner, RunOptions
+    from bench.spec import grid as grids
 
-    grid = matrix.load(args.matrix)
+    grid = grids.load(args.matrix)
     run_dir = args.run_dir or Path("runs") / (args.name or grid.name)
     if args.dry_run:
         return _dry_run(grid, run_dir, args.only)
@@ -222,8 +248,8 @@ def _run(args) -> int:
 
 
 def _dry_run(grid, run_dir: Path, only: list[str] | None) -> int:
-    from .results import RunFolder
-    from .runner import check_selectors, selects
+    from bench.parent.runner import check_selectors, selects
+    from bench.records.folder import RunFolder
 
     done = RunFolder(run_dir).records()
     if only:
@@ -231,7 +257,7 @@ def _dry_run(grid, run_dir: Path, only: list[str] | None) -> int:
     for cell in grid.cells:
         if only and not selects(cell, tuple(only)):
             continue
-        status = done[cell.hash]["status"] if cell.hash in done else "-"
+        status = done[cell.hash].status if cell.hash in done else "-"
         print(f"{cell.hash}  {status:<8}  {cell.label()}")
     finished = sum(c.hash in done for c in grid.cells)
     print(f"{len(grid.cells)} cells from {grid.source}; run folder {run_dir} ({finished} finished)")
@@ -239,7 +265,8 @@ def _dry_run(grid, run_dir: Path, only: list[str] | None) -> int:
 
 
 def _env(args) -> int:
-    from . import envinfo, metrics
+    from bench.core import envinfo
+    from bench.worker import metrics
 
     env = envinfo.capture()
     if args.json:
@@ -262,8 +289,8 @@ def _env(args) -> int:
 
 
 def _list(args) -> int:
-    from . import cells, matrix, methods, presets, tasks
-    from .precision import PRECISIONS
+    from bench.spec import cells, grid, methods, presets, tasks
+    from bench.spec.precision import PRECISIONS
 
     unknown = sorted(set(args.what) - set(SECTIONS))
     if unknown:
@@ -295,7 +322,7 @@ def _list(args) -> int:
         for name, f in cells.FIELDS.items():
             print(f"  {name:<18} default {f.default!r:<14} {f.doc}")
     if "grids" in wanted:
-        print(f"embedded grids (--matrix NAME): {', '.join(matrix.embedded_grids())}")
+        print(f"embedded grids (--matrix NAME): {', '.join(grid.embedded_grids())}")
     return 0
 
 

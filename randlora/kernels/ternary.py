@@ -13,7 +13,7 @@ i.e. ~400 T multiply-adds/s, while the gather is bound by L1/L2 bandwidth at ~8-
 bf16 elements/s: a gathered element costs as much as `GATHER_COST` ≈ 50-100 dense multiply-adds, so the gather
 pays only below ρ ≈ 1-2 %. That is `very_sparse` on the largest bases at best (ρ = 2/sqrt(D_max): 3.1 % at
 D_max = 4096, 1.7 % at 14336 (about break-even), 1.2 % at 28672), never `sparse` (ρ = 1/3: zeros cannot beat
-tensor cores there, only exact ±1 decoding and int8 storage help). bench_scripts/sparse_gpu_check.py measures the
+tensor cores there, only exact ±1 decoding and int8 storage help). bench/tools/sparse_gpu_check.py measures the
 constant; `cost_factor` is a product's resulting time relative to the dense matmul, for the choice of orders.
 
 Storage: the signs stay int8 (1 byte per entry); the ELL lists store ±(column + 1) in int16 when the column count
@@ -33,7 +33,7 @@ except ImportError:  # CPU-only installs: the dense engine still works, the gath
     triton = None
 
 # Time of one gathered element in units of one dense tensor-core multiply-add (see the module docstring); the
-# gather engine is chosen when GATHER_COST · density < 1. Measured on an H200 (bench_scripts/sparse_gpu_check.py,
+# gather engine is chosen when GATHER_COST · density < 1. Measured on an H200 (bench/tools/sparse_gpu_check.py,
 # reports/layers-h200/sparse_gpu_check.log): median 103 over the very_sparse products, so the gather only pays
 # below ~1 % non-zeros.
 GATHER_COST = 100.0

@@ -7,8 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from bench import matrix
-from bench.yamlfile import Source
+from bench.core.yamlfile import Source
+from bench.spec import grid as matrix
+from bench.spec.tasks.data import FASHION_MNIST_DIR
+
+# Optional system data: Fashion-MNIST is a Debian package (the vision task's pretraining set). Tests that need it
+# skip with this reason on a machine without it; `.ci/run` installs it, so CI runs them.
+needs_fashion_mnist = pytest.mark.skipif(
+    not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
+    reason=f"Fashion-MNIST is not in {FASHION_MNIST_DIR}: apt-get install dataset-fashion-mnist (Debian) runs this test",
+)
 
 # Small enough that one cell is dominated by its process start (imports), not by its steps.
 TINY = {"model": "tiny-llama", "batch_size": 2, "seq_len": 16, "warmup_steps": 1, "steps": 2, "timeout_s": 120}

@@ -15,8 +15,8 @@ import sys
 import torch
 
 import randlora
-from bench import distributed
-from bench.precision import PRECISIONS
+from bench.worker import distributed
+from bench.spec.precision import PRECISIONS
 from tests.bench.parity import GLOBAL_BATCH, adapted_model, global_batch, trainable_grads
 
 

@@ -19,7 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench import cell, envinfo, matrix, methods, results
+from bench.core.fileio import read_json, write_json
+from bench.records.folder import RunFolder
+from bench.records.record import STATUSES, Record
+from bench.worker import measure as cell
+from bench.core import envinfo
+from bench.spec import grid as matrix
+from bench.spec import methods
+from bench.records import table as results
 
 
 def _keep_weight_copy(module: nn.Linear, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
@@ -50,13 +57,13 @@ def main(argv: list[str]) -> int:
         method = methods.METHODS[args.heavier]
         methods.METHODS[args.heavier] = dataclasses.replace(method, adapt=heavier(method.adapt))
     grid = matrix.load(args.grid)
-    folder = results.RunFolder(args.run_dir)
+    folder = RunFolder(args.run_dir)
     env = {k: v for k, v in envinfo.capture().items() if k != "gpus"}
     for one in grid.cells:
-        record = results.new_record(one, {**env, "gpu": None}, {"run_name": folder.root.name})
-        record.update(cell.run(one, cell.Options()))
-        results.write_json(folder.result_path(one.hash), record)
-        print(f"{record['status']:<8} {one.label()}", flush=True)
+        record = Record.new(one, {**env, "gpu": None}, {"run_name": folder.root.name})
+        record.complete(cell.run(one, cell.Options()))
+        write_json(folder.result_path(one.hash), record)
+        print(f"{record.status:<8} {one.label()}", flush=True)
     return 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 import randlora
-from bench import presets
+from bench.spec import presets
 
 GLOBAL_BATCH, SEQ_LEN = 4, 24  # 2 rows per rank at 2 ranks
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench import results
+from bench.core.fileio import read_json, write_json
+from bench.records.folder import RunFolder
+from bench.records.record import STATUSES, Record
+from bench.records import table as results
 
 from .conftest import one_cell
 
@@ -36,27 +39,27 @@ def env_of(machine: str, gpu: dict) -> dict:
 def cell_record(machine: str, gpu: dict, status: str = "ok", tokens_per_s: float = 1000.0,
                 peak: int = 2**30, accuracy: float | None = None, **fields) -> dict:  # fmt: skip
     cell = one_cell(seq_len=64, **fields)
-    record = results.new_record(cell, env_of(machine, gpu), {"run_name": machine, "started_at": "2026-11-28T10:00:00"})
-    record["status"] = status
-    record["device"] = {"device": "cuda", "device_name": gpu["gpu_name"], "torch_cuda_version": "12.8"}
+    record = Record.new(cell, env_of(machine, gpu), {"run_name": machine, "started_at": "2026-11-28T10:00:00"})
+    record.status = status
+    record.device = {"device": "cuda", "device_name": gpu["gpu_name"], "torch_cuda_version": "12.8"}
     if status != "ok":
-        record["reason"] = HOSTILE_REASON if status == "error" else f"{status}: made up for the test"
-        record["traceback"] = HOSTILE_TRACEBACK if status == "error" else None
+        record.reason = HOSTILE_REASON if status == "error" else f"{status}: made up for the test"
+        record.traceback = HOSTILE_TRACEBACK if status == "error" else None
         return record
     size = SIZES.get(cell.model, 7_000_000)
     trainable = size if cell.method.name == "full" else size // 100 * (2 if cell.method.name == "randlora" else 1)
     step_s = cell.batch_size * cell.seq_len / tokens_per_s
-    record["train"] = {
+    record.train = {
         "trainable_params": trainable,
         "total_params": size,
         "tokens_per_s": tokens_per_s,
         "step_times_s": [step_s * f for f in (0.98, 1.0, 1.01, 1.03)],
         "step_time_median_s": step_s,
     }
-    record["memory"] = {"peak_allocated_bytes": peak, "param_bytes": 1, "grad_bytes": 1, "optimizer_bytes": 1,
+    record.memory = {"peak_allocated_bytes": peak, "param_bytes": 1, "grad_bytes": 1, "optimizer_bytes": 1,
                         "activation_bytes": 1}  # fmt: skip
     if accuracy is not None:
-        record["task_metrics"] = {"val_accuracy": accuracy + 0.01, "test_accuracy": accuracy, "accuracy": accuracy}
+        record.task_metrics = {"val_accuracy": accuracy + 0.01, "test_accuracy": accuracy, "accuracy": accuracy}
     return record
 
 
@@ -95,12 +98,12 @@ def write_runs(root: Path) -> list[Path]:
     ]
     folders = []
     for name, records in (("h200-run", h200), ("a100-run", a100)):
-        folder = results.RunFolder(root / name)
+        folder = RunFolder(root / name)
         for record in records:
-            results.write_json(folder.result_path(record["cell_hash"]), record)
-        first = records[0]["env"]
+            write_json(folder.result_path(record.cell_hash), record)
+        first = records[0].env
         info = {"argv": ["-m", "bench", "run", "--matrix", f"{name}.yaml"], "started_at": "2026-11-28T10:00:00",
                 "env": {**{k: v for k, v in first.items() if k != "gpu"}, "gpus": [first["gpu"]]}}  # fmt: skip
-        results.write_json(folder.root / "run.json", info)
+        write_json(folder.root / "run.json", info)
         folders.append(folder.root)
     return folders

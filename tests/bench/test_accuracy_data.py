@@ -10,8 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from bench.accuracy import data, minilm, vit
-from bench.accuracy.data import MissingResource
+from tests.bench.conftest import needs_fashion_mnist  # noqa: I001
+from bench.spec.tasks import data
+from bench.spec.tasks import minilm
+from bench.spec.tasks import vit
+from bench.spec.tasks.data import MissingResource
 
 LOADERS = {
     "trec6": lambda: data.trec(fine=False),
@@ -81,6 +84,7 @@ def test_trec_granularities_share_one_split_and_fine_labels_refine_coarse_ones()
     assert all(fine_name.split(":")[0] == coarse_name for fine_name, coarse_name in pairs)
 
 
+@needs_fashion_mnist
 def test_fashion_mnist_reads_the_debian_package():
     train, test = data.fashion_mnist()
     assert train.inputs.shape == (60000, 28, 28) and test.inputs.shape == (10000, 28, 28)
@@ -118,7 +122,7 @@ def test_a_missing_minilm_package_says_how_to_install_it(monkeypatch):
 def test_a_model_dir_without_weights_says_how_to_write_it(tmp_path: Path):
     with pytest.raises(MissingResource) as caught:
         minilm.folder(str(tmp_path))
-    assert "python -m bench.accuracy.prepare --minilm-out" in str(caught.value) and _one_sentence(str(caught.value))
+    assert "python -m bench.tools.prepare_accuracy --minilm-out" in str(caught.value) and _one_sentence(str(caught.value))
 
 
 def test_a_missing_shipped_data_file_says_how_to_get_it():
@@ -128,7 +132,7 @@ def test_a_missing_shipped_data_file_says_how_to_get_it():
 
 
 def test_a_missing_datasets_package_says_how_to_install_it(monkeypatch):
-    from bench.accuracy import hf_text
+    from bench.spec.tasks import hf_text
 
     real_import = builtins.__import__
 

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 import randlora
-from bench import matrix
-from bench.accuracy import budget, vit
+from bench.spec import grid as matrix
+from bench.tools import budget
+from bench.spec.tasks import vit
 
 H200_GRIDS = {  # swept: 3-4 rates x 3 seeds
     "accuracy-h200": 27, "accuracy-h200-text": 27, "accuracy-h200-all": 252, "accuracy-h200-head": 144,

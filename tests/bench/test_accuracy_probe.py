@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.accuracy import probe
-from bench.cell import Options, run
+from bench.spec.tasks import probe
+from bench.worker.measure import Options, run
 
 from .conftest import one_cell
 

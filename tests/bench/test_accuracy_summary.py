@@ -8,9 +8,12 @@ import math
 import pandas as pd
 import pytest
 
+from bench.core.fileio import read_json, write_json
+from bench.records.folder import RunFolder
+from bench.records.record import STATUSES, Record
 from bench import cli
-from bench.accuracy.summary import OUTPUT_COLUMNS, summarize
-from bench.results import COLUMNS, RunFolder, table, write_json, write_table
+from bench.views.accuracy import OUTPUT_COLUMNS, summarize
+from bench.records.table import COLUMNS, table, write_table
 
 
 def _rows(method: str, r, per_lr: dict, task: str = "trec6", status: dict | None = None) -> list[dict]:
@@ -85,8 +88,8 @@ def test_the_probe_is_chosen_on_output_recovered_and_throughput_rows_are_left_ou
 def test_the_results_table_carries_lr_and_task_args_as_columns():
     names = [c.name for c in COLUMNS]
     assert "lr" in names and "task_args" in names
-    record = {"cell": {"lr": 1e-3, "task": "trec6", "task_args": {"model_dir": None, "eval_batch_size": 8}},
-              "task_metrics": {"val_accuracy": 0.5}}
+    record = Record("h", "trec6 cell", {"lr": 1e-3, "task": "trec6", "task_args": {"model_dir": None, "eval_batch_size": 8}},
+                    status="ok", task_metrics={"val_accuracy": 0.5})
     frame = table([record])
     assert frame.loc[0, "lr"] == 1e-3 and frame.loc[0, "val_accuracy"] == 0.5
     assert frame.loc[0, "task_args"] == '{"eval_batch_size": 8, "model_dir": null}'
@@ -114,4 +117,4 @@ def test_the_accuracy_command_prints_the_summary_and_writes_a_csv(tmp_path, caps
 
 def test_the_accuracy_command_on_a_folder_without_results_is_one_sentence(tmp_path, capsys):
     assert cli.main(["accuracy", str(tmp_path)]) == 2
-    assert "holds no results.parquet" in capsys.readouterr().err
+    assert "is not a run folder" in capsys.readouterr().err

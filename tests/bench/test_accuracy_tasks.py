@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import matrix, methods
-from bench.cell import Options, run
-from bench.errors import BenchError
-from bench.tasks import TASKS
+from bench.spec import grid as matrix
+from bench.spec import methods
+from bench.worker.measure import Options, run
+from bench.core.errors import BenchError
+from bench.spec.tasks import TASKS
 
-from .conftest import grid_from_text, one_cell
+from .conftest import grid_from_text, needs_fashion_mnist, one_cell
 
 FIXTURE = str(Path(__file__).parent / "fixtures" / "hf_text")
 TINY_VIT = {"pretrain_samples": 512, "pretrain_epochs": 1}
@@ -80,7 +81,9 @@ BEATS_UNTRAINED = {  # task: fields of a cell trained for `steps` steps (sized t
 }
 
 
-@pytest.mark.parametrize("task", sorted(BEATS_UNTRAINED))
+@pytest.mark.parametrize(
+    "task", [pytest.param(t, marks=needs_fashion_mnist) if t == "mnist-transfer" else t for t in sorted(BEATS_UNTRAINED)]
+)
 def test_a_few_steps_beat_the_untrained_model_and_the_class_prior_on_a_fixed_held_out_batch(task, vit_cache):
     fields = {"method": LORA, **BEATS_UNTRAINED[task]}
     task_args = {**fields.pop("task_args", {}), "eval_limit": 128}
@@ -122,6 +125,7 @@ def test_an_accuracy_cell_records_validation_test_throughput_and_memory():
     assert record["memory"]["param_bytes"] > 0 and record["memory"]["host_rss_peak_bytes"] > 0
 
 
+@needs_fashion_mnist
 def test_the_vision_task_records_its_base_s_seed_and_pretraining_accuracy(vit_cache):
     cell = one_cell(model="vit-fmnist", task="mnist-transfer", method=LORA, lr=3e-3, batch_size=32,
                     task_args={**TINY_VIT, "cache_dir": vit_cache, "eval_limit": 64})

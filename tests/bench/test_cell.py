@@ -8,8 +8,8 @@ import threading
 import pytest
 import torch
 
-from bench import cell as cellmod
-from bench.cell import Options, run
+from bench.worker import measure as cellmod
+from bench.worker.measure import Options, run
 
 from .conftest import one_cell
 
@@ -178,8 +178,8 @@ def test_a_measured_ceiling_gives_a_second_mfu():
 
 @pytest.mark.parametrize("method", ["lora", "randlora", "peft-lora", "full"])
 def test_head_lr_puts_exactly_the_trainable_modules_in_a_group_of_their_own(method):
-    from bench.precision import PRECISIONS
-    from bench.tasks import TASKS
+    from bench.spec.precision import PRECISIONS
+    from bench.spec.tasks import TASKS
 
     cell = one_cell(model="tiny-bert", method=method, lr=1e-4, head_lr=3e-3)
     assert cell.trainable_modules and "head_lr=0.003" in cell.label()
@@ -191,8 +191,8 @@ def test_head_lr_puts_exactly_the_trainable_modules_in_a_group_of_their_own(meth
 
 
 def test_without_head_lr_one_group_trains_everything_and_the_hash_is_unchanged():
-    from bench.precision import PRECISIONS
-    from bench.tasks import TASKS
+    from bench.spec.precision import PRECISIONS
+    from bench.spec.tasks import TASKS
 
     cell = one_cell(model="tiny-bert", method="lora")
     assert "head_lr" not in cell.identity()
@@ -203,7 +203,7 @@ def test_without_head_lr_one_group_trains_everything_and_the_hash_is_unchanged()
 def test_compile_blocks_compiles_each_repeated_block_once_and_nothing_nested(monkeypatch):
     from torch import nn
 
-    from bench import presets
+    from bench.spec import presets
 
     compiled: list[nn.Module] = []
     monkeypatch.setattr(nn.Module, "compile", lambda self, *a, **k: compiled.append(self))
@@ -216,7 +216,7 @@ def test_compile_blocks_compiles_each_repeated_block_once_and_nothing_nested(mon
 def test_compile_blocks_without_repeated_blocks_is_one_sentence():
     from torch import nn
 
-    from bench.errors import BenchError
+    from bench.core.errors import BenchError
 
     with pytest.raises(BenchError, match="finds no repeated blocks .* in Sequential; use compile_scope: model"):
         cellmod.COMPILERS["blocks"](nn.Sequential(nn.Linear(2, 2)))

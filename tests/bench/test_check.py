@@ -8,8 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from bench import check, cli, matrix, results
-from bench.errors import BenchError
+from bench.core.fileio import read_json, write_json
+from bench.records.folder import RunFolder
+from bench.records.record import STATUSES, Record
+from bench.views import check
+from bench.spec import grid as matrix
+from bench.records import table as results
+from bench import cli
+from bench.core.errors import BenchError
 
 from .conftest import one_cell
 
@@ -20,22 +26,22 @@ H200 = {"gpu_name": "NVIDIA H200", "gpu_uuid": "GPU-1"}
 
 def record(status: str = "ok", memory: dict | None = None, gpu: dict | None = None, **fields) -> dict:
     cell = one_cell(**fields)
-    rec = results.new_record(cell, {"hostname": "h", "torch_version": "2.13.0", "gpu": gpu}, {"run_name": "t"})
-    rec.update(status=status, memory=dict(MEMORY if memory is None else memory))
-    rec["device"] = {"device": "cuda" if gpu else "cpu"}
-    rec["reason"] = "" if status == "ok" else f"why it is {status}"
+    rec = Record.new(cell, {"hostname": "h", "torch_version": "2.13.0", "gpu": gpu}, {"run_name": "t"})
+    rec.complete({"status": status, "memory": dict(MEMORY if memory is None else memory)})
+    rec.device = {"device": "cuda" if gpu else "cpu"}
+    rec.reason = "" if status == "ok" else f"why it is {status}"
     return rec
 
 
-def write_run(root: Path, records: list[dict]) -> list[results.RunFolder]:
+def write_run(root: Path, records: list[dict]) -> list[RunFolder]:
     """A run folder holding `records`, in a list as `check` takes them."""
-    folder = results.RunFolder(root)
+    folder = RunFolder(root)
     for rec in records:
-        results.write_json(folder.result_path(rec["cell_hash"]), rec)
+        write_json(folder.result_path(rec.cell_hash), rec)
     return [folder]
 
 
-def verdict(folders: list[results.RunFolder], baselines: Path, **tolerance) -> tuple[int, list[str]]:
+def verdict(folders: list[RunFolder], baselines: Path, **tolerance) -> tuple[int, list[str]]:
     out = io.StringIO()
     code = check.check(folders, baselines, tolerance.get("rtol"), tolerance.get("atol_bytes"), out=out)
     return code, out.getvalue().splitlines()
@@ -68,7 +74,7 @@ def test_an_updated_baseline_holds_every_cell_by_memory_key(tmp_path):
     assert path.name == "cpu.json" and data["device_class"] == "cpu" and data["metric"] == "counted_bytes"
     assert (data["rtol"], data["atol_bytes"]) == check.DEFAULT_TOLERANCE["counted_bytes"]
     assert data["cells"] == {
-        check.memory_key(r["cell"]): {"label": r["label"], "status": r["status"], "bytes": b}
+        check.memory_key(r.cell): {"label": r.label, "status": r.status, "bytes": b}
         for r, b in zip(recs, (2000, 2000, None))
     }
 
@@ -148,12 +154,12 @@ def test_a_smaller_cell_passes_and_suggests_an_update(tmp_path):
     assert code == 0 and lines[1].startswith("SMALLER") and "update the baseline" in lines[1]
 
 
-def test_a_device_class_without_a_baseline_is_skipped_with_a_message(tmp_path):
+def test_a_device_class_without_a_baseline_fails_closed_with_a_message(tmp_path):
     code, lines = verdict(write_run(tmp_path / "run", [record(gpu=H200)]), tmp_path / "bl")
-    assert code == 0
+    assert code == 1
     assert lines == [
         (
-            f"skipped: no baseline for device class 'NVIDIA H200' ({tmp_path / 'bl' / 'nvidia-h200.json'} does not "
+            f"FAILED: no baseline for device class 'NVIDIA H200' ({tmp_path / 'bl' / 'nvidia-h200.json'} does not "
             f"exist); take one on purpose with: python -m bench check {tmp_path / 'run'} --update-baseline"
         )
     ]
@@ -179,7 +185,7 @@ def test_the_command_line_updates_then_checks(tmp_path, capsys):
 
 
 def test_the_committed_cpu_baseline_holds_exactly_the_ci_grid():
-    baseline = check.Baseline.read(REPO / "reports" / "baselines" / "cpu.json")
+    baseline = check.Baseline.read(check.BASELINES / "cpu.json")
     grid = matrix.load(check.CI_GRID)
     assert baseline.metric == "counted_bytes"
     assert set(baseline.cells) == {check.memory_key(c.to_dict()) for c in grid.cells}
@@ -193,3 +199,37 @@ def test_several_run_folders_make_one_baseline_and_a_repeated_configuration_is_r
     longer = write_run(tmp_path / "c", [record(method="lora", steps=5)])  # the same memory key as folder a's cell
     with pytest.raises(BenchError, match="differ only in fields that do not change memory"):
         check.update(folders + longer, tmp_path / "bl", None, None)
+
+
+def test_allow_missing_turns_a_missing_baseline_into_a_message(tmp_path):
+    out = io.StringIO()
+    folders = write_run(tmp_path / "run", [record(gpu=H200)])
+    assert check.check(folders, tmp_path / "bl", None, None, out=out, allow_missing=True) == 0
+    assert out.getvalue().startswith("skipped: no baseline for device class 'NVIDIA H200'")
+
+
+def test_a_run_sharing_no_cell_with_its_baseline_fails_the_gate(tmp_path):
+    check.update(write_run(tmp_path / "before", [record(method="lora")]), tmp_path / "bl", None, None)
+    code, lines = verdict(write_run(tmp_path / "after", [record(method="full")]), tmp_path / "bl")
+    assert code == 1 and lines[-1].startswith("FAILED: the run shares no cell with")
+
+
+@pytest.mark.parametrize(
+    "text, field",
+    [("", "cannot be read"), ("[]", "JSON list"), ('{"version": 1, "metric": "counted_bytes", "rtol": -1}', "rtol"),
+     ('{"version": 1, "metric": "counted_bytes", "rtol": "x"}', "rtol"),
+     ('{"version": 1, "metric": "counted_bytes", "rtol": 0.1, "atol_bytes": 0, "device_class": "cpu", '
+      '"cells": {"k": {"label": "a", "status": "ok", "bytes": "12"}}}', "cell 'k'")],
+)
+def test_a_malformed_baseline_is_one_sentence_naming_the_file(tmp_path, text, field):
+    path = tmp_path / "cpu.json"
+    path.write_text(text)
+    with pytest.raises(BenchError, match=field) as caught:
+        check.Baseline.read(path)
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_the_gate_finds_its_baselines_from_any_working_directory(tmp_path, monkeypatch):
+    check.update(write_run(tmp_path / "before", [record()]), tmp_path / "bl", None, None)
+    monkeypatch.chdir(tmp_path)
+    assert check.BASELINES.is_absolute() and (check.BASELINES / "cpu.json").is_file()

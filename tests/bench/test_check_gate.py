@@ -1,7 +1,7 @@
 """The CI memory gate for real: the committed CPU baseline against fresh processes measuring the CI grid.
 
 Each run is one fresh process measuring every cell (tests/bench/gate_runs.py), then `bench check` against
-reports/baselines/cpu.json. The deliberately heavier variant must fail the gate; the unchanged code must pass it
+bench/baselines/cpu.json. The deliberately heavier variant must fail the gate; the unchanged code must pass it
 ten runs in a row at zero tolerance, which shows that the CPU measure is exactly reproducible across processes. The ten runs leave
 out the torch.compile cell (half a minute of compilation each); the heavier-variant run and CI's own gate
 (`python -m bench check` in .ci/run, one process per cell) include it.
@@ -16,10 +16,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench import check, cli, matrix
+from bench.views import check
+from bench.spec import grid as matrix
+from bench import cli
 
 REPO = Path(__file__).resolve().parents[2]
-BASELINES = REPO / "reports" / "baselines"
+BASELINES = check.BASELINES
 
 
 def measure(grid: str, run_dir: Path, *extra: str) -> subprocess.Popen:

@@ -16,8 +16,9 @@ import pytest
 import torch
 
 import randlora
-from bench import distributed
-from bench.launchers import torchrun
+from bench.worker import distributed
+from bench.worker import agent as torchrun
+from bench.worker import protocol
 
 from .parity import adapted_model, global_batch, trainable_grads
 
@@ -121,6 +122,7 @@ def test_a_failed_cell_names_the_most_telling_failure_and_its_rank():
 
 def test_torchrun_is_started_as_a_user_would_start_it(tmp_path):
     spec = tmp_path / "specs" / "abc.json"
-    assert torchrun.command(spec)[1:] == ["-m", "bench.launchers.torchrun", str(spec)]
-    assert torchrun.torchrun_args(spec, 2) == ["--standalone", "--nproc-per-node=2", "-m", "bench._child", str(spec)]
-    assert torchrun.rank_outcome_path(spec, 1) == tmp_path / "specs" / "abc.rank1.json"
+    assert protocol.cell_command(2, spec)[1:] == ["-m", "bench.worker.agent", str(spec)]
+    assert protocol.cell_command(1, spec)[1:] == ["-m", "bench.worker", str(spec)]
+    assert torchrun.torchrun_args(spec, 2) == ["--standalone", "--nproc-per-node=2", "-m", "bench.worker", str(spec)]
+    assert protocol.rank_outcome_path(spec, 1) == tmp_path / "specs" / "abc.rank1.json"

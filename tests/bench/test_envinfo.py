@@ -9,8 +9,11 @@ import subprocess
 
 from rich.console import Console
 
-from bench import envinfo, memory, nvml
-from bench.progress import RunProgress, summary_line
+from bench.core import envinfo
+from bench.worker import memory
+from bench.core import nvml
+from bench.parent.progress import RunProgress, summary_line
+from bench.records.record import Record
 
 
 def git(root, *args):
@@ -54,7 +57,7 @@ def test_capture_records_versions_host_and_git():
 
 _SAMPLER_SCRIPT = """
 import json, time
-from bench import memory
+from bench.worker import memory
 with memory.Sampler(gpu_uuid=None, interval_s=0.01) as sampler:
     before = sampler.host_rss_peak_bytes
     block = bytearray(256 * 2**20)
@@ -89,17 +92,17 @@ def test_progress_prints_one_line_per_cell_and_counts_failures():
             ("c", {"status": "skipped", "label": "c", "reason": "peft missing"}),
         ]:
             progress.started(label)
-            progress.finished(label, record)
+            progress.finished(label, Record.from_dict({"cell_hash": label, "cell": {}, **record}))
         assert progress._counts == {"ok": 1, "failed": 1, "skipped": 1}
     text = out.getvalue()
     assert "ok       a  12,346 tokens/s  peak 2.00 GiB" in text and "timeout  b  no result after 6 s" in text
 
 
-def test_summary_line_of_a_cpu_cell_has_no_peak():
-    assert (
-        summary_line({"status": "ok", "label": "x", "train": {"tokens_per_s": 5.0}, "memory": {}})
-        == "ok       x  5 tokens/s"
-    )
+def test_summary_line_of_a_cpu_cell_has_no_peak_and_shows_the_counted_memory():
+    record = Record("h", "x", {}, status="ok", train={"tokens_per_s": 5.0})
+    assert summary_line(record) == "ok       x  5 tokens/s"
+    record.memory = {"param_bytes": 2**30, "grad_bytes": 2**30, "optimizer_bytes": 2**30, "activation_bytes": 2**30}
+    assert summary_line(record) == "ok       x  5 tokens/s  counted 4.00 GiB"
 
 
 def test_the_source_digest_names_the_code_and_changes_with_it(tmp_path):

@@ -11,11 +11,15 @@ import time
 import psutil
 import pytest
 
-from bench import nvml, results
-from bench.cells import Cell
-from bench.errors import BenchError
-from bench.launchers.local import kill_tree
-from bench.runner import Runner, RunOptions
+from bench.core.fileio import read_json, write_json
+from bench.records.folder import RunFolder
+from bench.records.record import STATUSES, Record
+from bench.core import nvml
+from bench.records import table as results
+from bench.spec.cells import Cell
+from bench.core.errors import BenchError
+from bench.parent.launchers.local import kill_tree
+from bench.parent.runner import Runner, RunOptions
 
 from .conftest import grid_from_text, one_cell
 
@@ -39,9 +43,9 @@ def record_spawns(monkeypatch) -> list[tuple[float, float, tuple[int, ...], dict
         start = time.monotonic()
         time.sleep(0.15)
         with lock:
-            spawns.append((start, time.monotonic(), tuple(g.index for g in slot.gpus), dict(record["env"])))
-        record["status"] = "ok"
-        results.write_json(self.folder.result_path(cell.hash), record)
+            spawns.append((start, time.monotonic(), tuple(g.index for g in slot.gpus), dict(record.env)))
+        record.status = "ok"
+        write_json(self.folder.result_path(cell.hash), record)
         return record
 
     monkeypatch.setattr(Runner, "_spawn", fake_spawn)
@@ -64,16 +68,16 @@ def test_a_cell_of_two_gpus_gets_two_of_its_own_and_one_gpu_cells_fill_the_rest(
     gpus, env = next((gpus, env) for _, _, gpus, env in spawns if len(gpus) == 2)
     assert [g["gpu_uuid"] for g in env["gpus"]] == [f"GPU-{i}" for i in gpus]
     assert env["gpu"] == env["gpus"][0] and env["gpu_count"] == 2
-    run = results.read_json(tmp_path / "run.json")
+    run = read_json(tmp_path / "run.json")
     assert run["launcher"] == "local" and run["wall_s"] > 0.15 and run["env"]["gpu_count"] == 4  # the machine's
 
 
 def test_a_cell_asking_for_more_gpus_than_the_machine_has_is_skipped_without_a_process(tmp_path, four_gpus):
     grid = grid_from_text("include: [{gpus: 8}]\n")
     summary = Runner(grid, RunOptions(tmp_path)).run()
-    (record,) = results.RunFolder(tmp_path).records().values()
+    (record,) = RunFolder(tmp_path).records().values()
     assert summary.counts == {"skipped": 1}
-    assert record["reason"] == "the cell asks for 8 GPUs and this machine offers 4 (NVML, CUDA_VISIBLE_DEVICES)"
+    assert record.reason == "the cell asks for 8 GPUs and this machine offers 4 (NVML, CUDA_VISIBLE_DEVICES)"
 
 
 def test_killing_a_cell_kills_the_processes_it_started_in_sessions_of_their_own():
@@ -101,21 +105,21 @@ def test_a_two_rank_cell_records_every_rank_and_an_oom_on_one_rank_makes_it_oom(
         include: [{inject: none}, {inject: oom}]
     """)
     summary = Runner(grid, RunOptions(tmp_path)).run()
-    records = {r["cell"]["inject"]: r for r in results.RunFolder(tmp_path).records().values()}
+    records = {r.cell["inject"]: r for r in RunFolder(tmp_path).records().values()}
     assert summary.counts == {"ok": 1, "oom": 1}
 
     ok = records["none"]
-    assert ok["train"]["tokens_per_step"] == 2 * 16 * 2  # both ranks' tokens
-    assert ok["train"]["tokens_per_s"] == pytest.approx(64 * 2 / sum(ok["train"]["step_times_s"]))
-    assert len(ok["train"]["replicated_sha256"]) == 64
-    assert ok["device"]["world_size"] == 2 and ok["env"]["gpu_count"] == 0  # two CPU ranks over gloo
-    per_rank = ok["memory"]["per_rank"]
-    assert len(per_rank) == 2 and ok["memory"]["host_rss_peak_bytes"] == max(m["host_rss_peak_bytes"] for m in per_rank)
-    assert ok["memory"]["param_bytes"] < ok["train"]["total_params"] * 4  # a rank holds its shards, not the model
+    assert ok.train["tokens_per_step"] == 2 * 16 * 2  # both ranks' tokens
+    assert ok.train["tokens_per_s"] == pytest.approx(64 * 2 / sum(ok.train["step_times_s"]))
+    assert len(ok.train["replicated_sha256"]) == 64
+    assert ok.device["world_size"] == 2 and ok.env["gpu_count"] == 0  # two CPU ranks over gloo
+    per_rank = ok.memory["per_rank"]
+    assert len(per_rank) == 2 and ok.memory["host_rss_peak_bytes"] == max(m["host_rss_peak_bytes"] for m in per_rank)
+    assert ok.memory["param_bytes"] < ok.train["total_params"] * 4  # a rank holds its shards, not the model
 
     oom = records["oom"]
-    assert oom["reason"] == "rank 1 of 2: OutOfMemoryError: injected by the grid (inject: oom)"
-    assert oom["run"]["rank_outcomes"]["1"]["status"] == "oom" and "Traceback" in oom["traceback"]
+    assert oom.reason == "rank 1 of 2: OutOfMemoryError: injected by the grid (inject: oom)"
+    assert oom.run["rank_outcomes"]["1"]["status"] == "oom" and "Traceback" in oom.traceback
     import pandas as pd
 
     frame = pd.read_parquet(summary.table)

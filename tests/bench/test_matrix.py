@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bench import matrix
-from bench.cells import FIELDS, stable_hash
+from bench.spec import grid as matrix
+from bench.spec.cells import FIELDS, stable_hash
 
 from .conftest import grid_from_text, one_cell
 
@@ -168,8 +168,8 @@ def test_every_embedded_grid_loads_by_bare_name(name):
 
 def test_the_default_grid_exercises_every_method_impl_and_precision():
     grid = matrix.load("default")
-    from bench.methods import METHODS
-    from bench.precision import PRECISIONS
+    from bench.spec.methods import METHODS
+    from bench.spec.precision import PRECISIONS
 
     assert {c.method.name for c in grid.cells} == set(METHODS)
     assert {c.method.kwargs["impl"] for c in grid.cells if c.method.name == "randlora"} == {

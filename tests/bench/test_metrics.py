@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench import metrics
+from bench.worker import metrics
 
 
 def test_throughput_is_total_units_over_total_time_not_the_mean_of_step_rates():

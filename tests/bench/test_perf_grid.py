@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench import matrix
+from bench.spec import grid as matrix
 
 
 def _key(cell):

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from bench import profile
+from bench.worker import profiling as profile
 
 
 def _event(cat: str, ts: float, dur: float, name: str = "k") -> dict:

@@ -10,8 +10,13 @@ import types
 import pytest
 from plotly.offline import get_plotlyjs
 
+from bench.core.fileio import read_json, write_json
+from bench.records.folder import RunFolder
+from bench.records.record import STATUSES, Record
 from bench import cli
-from bench.report import build, data, tables
+from bench.views.report import data
+from bench.views.report import tables
+from bench.views.report import build
 
 from .report_runs import HOSTILE_MODEL, HOSTILE_REASON, HOSTILE_TRACEBACK, write_runs
 
@@ -109,8 +114,8 @@ def test_the_summary_names_the_best_configuration_per_goal(runs_dir):
 
 
 def test_accuracy_is_summarised_by_the_accuracy_protocol(page):
-    """bench/accuracy/summary.py picks the lr on validation (0.001: 0.86 > 0.81), then reports test at it."""
-    assert "From bench/accuracy/summary.py" in page
+    """bench/views/accuracy.py picks the lr on validation (0.001: 0.86 > 0.81), then reports test at it."""
+    assert "From bench/views/accuracy.py" in page
     row = re.search(r"<tr><td class=\"text\">throughput</td><td class=\"text\">tiny-llama</td>"
                     r"<td class=\"text\">randlora.eager r=32</td>(.*?)</tr>", page)  # fmt: skip
     cells = re.findall(r"<td class=\"text\">(.*?)</td>", row.group(1))
@@ -120,11 +125,11 @@ def test_accuracy_is_summarised_by_the_accuracy_protocol(page):
 def test_an_accuracy_summary_is_shown_as_it_comes_with_every_string_escaped(runs_dir, tmp_path, monkeypatch):
     import pandas as pd
 
-    fake = types.ModuleType("bench.accuracy.summary")
+    fake = types.ModuleType("bench.views.accuracy")
     fake.summarize = lambda frame: pd.DataFrame({"task": ["<trec6>"], "method": ["lora"], "test": ["85.0 ± 0.1"]})
-    monkeypatch.setitem(sys.modules, "bench.accuracy.summary", fake)
+    monkeypatch.setitem(sys.modules, "bench.views.accuracy", fake)
     page = build(runs_dir, tmp_path / "r.html").read_text(encoding="utf-8")
-    assert "From bench/accuracy/summary.py" in page and "&lt;trec6&gt;" in page and "85.0 ± 0.1" in page
+    assert "From bench/views/accuracy.py" in page and "&lt;trec6&gt;" in page and "85.0 ± 0.1" in page
 
 
 def test_the_pareto_front_keeps_the_points_nothing_beats():
@@ -145,17 +150,17 @@ def test_the_command_line_writes_the_report_and_refuses_a_folder_without_results
 
 
 def test_cells_that_shared_a_gpu_are_flagged_at_the_top_and_a_lone_run_is_not(page, tmp_path):
-    from bench import results
+    from bench.records import table as results
 
     from .report_runs import GPUS, METHODS, cell_record
 
     assert "sharing one GPU" not in page
     machine, gpu = GPUS["h200"]
-    folder = results.RunFolder(tmp_path / "shared-run")
+    folder = RunFolder(tmp_path / "shared-run")
     for seed in range(3):
         record = cell_record(machine, gpu, model="tiny-llama", method=METHODS["lora"], seed=seed)
-        record["run"]["cells_per_gpu"] = 4
-        results.write_json(folder.result_path(record["cell_hash"]), record)
-    results.write_json(folder.root / "run.json", {"argv": [], "env": {**record["env"], "gpus": [record["env"]["gpu"]]}})
+        record.run["cells_per_gpu"] = 4
+        write_json(folder.result_path(record.cell_hash), record)
+    write_json(folder.root / "run.json", {"argv": [], "env": {**record.env, "gpus": [record.env["gpu"]]}})
     shared = build([folder.root], tmp_path / "r.html").read_text(encoding="utf-8")
     assert re.search(r"3 cells ran with up to 4 cells sharing one GPU", shared)

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from bench.report import build
+from bench.views.report import build
 
 from .report_runs import HOSTILE_MODEL, HOSTILE_REASON, write_runs
 

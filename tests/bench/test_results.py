@@ -8,38 +8,41 @@ import os
 import pandas as pd
 import pytest
 
-from bench import results
-from bench.results import COLUMNS, RunFolder
+from bench.core.fileio import read_json, write_json
+from bench.records.folder import RunFolder
+from bench.records.record import STATUSES, Record
+from bench.records import table as results
+from bench.records.table import COLUMNS
 
 from .conftest import one_cell
 
 
 def record(status="ok", **sections) -> dict:
     cell = one_cell(method={"name": "randlora", "r": 8})
-    rec = results.new_record(
+    rec = Record.new(
         cell,
         env={"torch_version": "2.x", "git_commit": "abc", "git_dirty": False, "gpu": None},
         run={"run_name": "t", "gpu_busy": False, "started_at": "2026-01-01T00:00:00+00:00"},
     )
-    rec["status"] = status
-    rec.update(sections)
+    rec.status = status
+    rec.complete(sections)
     return rec
 
 
 def test_write_json_leaves_no_temporary_file_and_a_readable_result(tmp_path):
     path = tmp_path / "cells" / "abc.json"
-    results.write_json(path, {"a": 1})
+    write_json(path, {"a": 1})
     assert json.loads(path.read_text()) == {"a": 1}
     assert os.listdir(path.parent) == ["abc.json"]
 
 
 def test_a_failed_write_keeps_the_previous_file(tmp_path):
     path = tmp_path / "abc.json"
-    results.write_json(path, {"a": 1})
+    write_json(path, {"a": 1})
     circular: dict = {}
     circular["self"] = circular
     with pytest.raises(ValueError, match="Circular reference"):
-        results.write_json(path, circular)
+        write_json(path, circular)
     assert json.loads(path.read_text()) == {"a": 1}
     assert os.listdir(tmp_path) == ["abc.json"]
 
@@ -71,7 +74,7 @@ def test_task_metrics_fill_accuracy_and_add_their_own_columns():
 def test_the_table_round_trips_through_parquet_and_csv(tmp_path):
     folder = RunFolder(tmp_path)
     for i, status in enumerate(["ok", "timeout"]):
-        results.write_json(folder.result_path(f"h{i}"), record(status, train={"tokens_per_s": 1.5}))
+        write_json(folder.result_path(f"h{i}"), record(status, train={"tokens_per_s": 1.5}))
     parquet, csv = results.write_table(folder)
     frame = pd.read_parquet(parquet)
     assert sorted(frame["status"]) == ["ok", "timeout"]

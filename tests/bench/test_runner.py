@@ -16,10 +16,16 @@ import psutil
 import pytest
 import torch
 
-from bench import matrix, nvml, results, runner
-from bench.errors import BenchError
-from bench.methods import METHODS
-from bench.runner import Runner, RunOptions, Slot, slots_for
+from bench.core.fileio import read_json, write_json
+from bench.records.folder import RunFolder
+from bench.records.record import STATUSES, Record
+from bench.spec import grid as matrix
+from bench.core import nvml
+from bench.records import table as results
+from bench.parent import runner
+from bench.core.errors import BenchError
+from bench.spec.methods import METHODS
+from bench.parent.runner import Runner, RunOptions, Slot, slots_for
 
 from .conftest import grid_from_text
 
@@ -53,9 +59,9 @@ def test_every_status_is_recorded_and_the_run_goes_on(tmp_path, no_cuda_in_paren
     """)
     summary = Runner(grid, RunOptions(tmp_path)).run()
     records = {
-        r["cell"]["inject"] + str(r["cell"]["batch_size"]): r for r in results.RunFolder(tmp_path).records().values()
+        r.cell["inject"] + str(r.cell["batch_size"]): r for r in RunFolder(tmp_path).records().values()
     }
-    assert {k: r["status"] for k, r in records.items()} == {
+    assert {k: r.status for k, r in records.items()} == {
         "oom1": "oom",
         "oom2": "skipped",
         "error1": "error",
@@ -63,13 +69,13 @@ def test_every_status_is_recorded_and_the_run_goes_on(tmp_path, no_cuda_in_paren
         "hang1": "timeout",
         "none1": "ok",
     }
-    assert records["oom2"]["reason"].startswith("batch size 1 of the same configuration ran out of memory")
-    assert records["error1"]["reason"] == "RuntimeError: injected by the grid (inject: error)"
-    assert "Traceback" in records["error1"]["traceback"] and "Traceback" in records["oom1"]["traceback"]
-    assert records["nan1"]["reason"] == "the loss is nan at warm-up step 1 of 1"
-    assert records["hang1"]["reason"] == "no result after 6 s; the cell's processes were killed"
-    assert records["none1"]["train"]["tokens_per_s"] > 0 and records["none1"]["env"]["git_commit"] is not None
-    assert not Path(records["oom2"]["run"]["log"]).exists()  # skipped without a process
+    assert records["oom2"].reason.startswith("batch size 1 of the same configuration ran out of memory")
+    assert records["error1"].reason == "RuntimeError: injected by the grid (inject: error)"
+    assert "Traceback" in records["error1"].traceback and "Traceback" in records["oom1"].traceback
+    assert records["nan1"].reason == "the loss is nan at warm-up step 1 of 1"
+    assert records["hang1"].reason == "no result after 6 s; the cell's processes were killed"
+    assert records["none1"].train["tokens_per_s"] > 0 and records["none1"]["env"]["git_commit"] is not None
+    assert not Path(records["oom2"].run["log"]).exists()  # skipped without a process
     assert summary.exit_code == 1 and summary.counts == {
         "oom": 1,
         "skipped": 1,
@@ -81,14 +87,14 @@ def test_every_status_is_recorded_and_the_run_goes_on(tmp_path, no_cuda_in_paren
     import pandas as pd
 
     frame = pd.read_parquet(summary.table)
-    assert sorted(frame["status"]) == sorted(results.STATUSES)  # every status the schema documents, once
+    assert sorted(frame["status"]) == sorted(STATUSES)  # every status the schema documents, once
 
 
 def _cell_processes(run_dir: Path) -> list[psutil.Process]:
     found = []
     for process in psutil.process_iter(["cmdline"]):
         cmdline = " ".join(process.info["cmdline"] or [])
-        if "bench._child" in cmdline and str(run_dir) in cmdline:
+        if "bench.worker" in cmdline and str(run_dir) in cmdline:
             found.append(process)
     return found
 
@@ -109,6 +115,7 @@ def test_resume_after_the_harness_is_killed_loses_no_finished_cell(tmp_path, wri
     assert 1 <= len(finished) < 3
 
     _, alive = psutil.wait_procs(_cell_processes(run_dir), timeout=5)  # a cell needs longer than 5 s to finish
+    alive = [p for p in alive if _running(p)]  # an exited process nobody reaped yet (a zombie) has stopped
     assert not alive  # an orphaned cell stops by itself instead of finishing behind the next run's back
     assert {p.name for p in cells_dir.glob("*.json")} == set(finished)
 
@@ -116,15 +123,22 @@ def test_resume_after_the_harness_is_killed_loses_no_finished_cell(tmp_path, wri
     assert done.returncode == 0, done.stderr
     assert f"{len(finished)} finished cells kept" in done.stdout
     after = {p.name: p.read_bytes() for p in cells_dir.glob("*.json")}
-    assert len(after) == 3 and all(r["status"] == "ok" for r in results.RunFolder(run_dir).records().values())
+    assert len(after) == 3 and all(r.status == "ok" for r in RunFolder(run_dir).records().values())
     assert {name: after[name] for name in finished} == finished  # kept byte for byte, not run again
 
 
-def fake_records(folder: results.RunFolder, grid: matrix.Grid, statuses: list[str]) -> None:
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def fake_records(folder: RunFolder, grid: matrix.Grid, statuses: list[str]) -> None:
     for cell, status in zip(grid.cells, statuses):
-        record = results.new_record(cell, env={}, run={})
-        record["status"] = status
-        results.write_json(folder.result_path(cell.hash), record)
+        record = Record.new(cell, env={}, run={})
+        record.status = status
+        write_json(folder.result_path(cell.hash), record)
 
 
 FIVE = "axes: {method: [lora], seed: [0, 1, 2, 3, 4]}"
@@ -132,7 +146,7 @@ FIVE = "axes: {method: [lora], seed: [0, 1, 2, 3, 4]}"
 
 def test_a_new_run_refuses_a_folder_with_results_of_its_grid(tmp_path):
     grid = grid_from_text(FIVE)
-    fake_records(results.RunFolder(tmp_path), grid, ["ok"])
+    fake_records(RunFolder(tmp_path), grid, ["ok"])
     with pytest.raises(BenchError, match=r"already holds 1 results of this grid; pass --resume"):
         Runner(grid, RunOptions(tmp_path)).plan()
 
@@ -147,7 +161,7 @@ def test_a_new_run_refuses_a_folder_with_results_of_its_grid(tmp_path):
 )
 def test_modes_choose_which_cells_run_again(tmp_path, mode, runs):
     grid = grid_from_text(FIVE)
-    fake_records(results.RunFolder(tmp_path), grid, ["ok", "error", "timeout", "oom"])  # the fifth never ran
+    fake_records(RunFolder(tmp_path), grid, ["ok", "error", "timeout", "oom"])  # the fifth never ran
     todo, kept = Runner(grid, RunOptions(tmp_path, mode=mode)).plan()
     assert [c.seed for c in todo] == runs
     assert len(kept) == 5 - len(runs)
@@ -156,7 +170,7 @@ def test_modes_choose_which_cells_run_again(tmp_path, mode, runs):
 def test_only_narrows_the_cells_to_run_by_label_or_hash_and_keeps_the_mode(tmp_path):
     grid = grid_from_text("axes: {method: [lora, full], batch_size: [1, 2]}")
     lora_b1, lora_b2, full_b1, full_b2 = grid.cells
-    fake_records(results.RunFolder(tmp_path), grid, ["ok", "error", "ok"])  # full b2 never ran
+    fake_records(RunFolder(tmp_path), grid, ["ok", "error", "ok"])  # full b2 never ran
     todo, kept = Runner(grid, RunOptions(tmp_path, mode="resume", only=("full",))).plan()
     assert todo == [full_b2] and len(kept) == 3
     todo, _ = Runner(grid, RunOptions(tmp_path, mode="force", only=(lora_b2.hash[:6], "full fp32 b1"))).plan()
@@ -174,9 +188,9 @@ def test_a_selector_that_names_no_cell_is_refused(tmp_path, field):
 def test_an_oom_kept_from_an_earlier_run_skips_larger_batches_of_its_group(tmp_path):
     grid = grid_from_text("axes: {method: [lora, full], batch_size: [1, 2]}")
     lora_b1 = grid.cells[0]
-    record = results.new_record(lora_b1, env={}, run={})
-    record["status"] = "oom"
-    results.write_json(results.RunFolder(tmp_path).result_path(lora_b1.hash), record)
+    record = Record.new(lora_b1, env={}, run={})
+    record.status = "oom"
+    write_json(RunFolder(tmp_path).result_path(lora_b1.hash), record)
     run = Runner(grid, RunOptions(tmp_path, mode="resume"))
     todo, _ = run.plan()
     reasons = {c.label(): run._skip_reason(c, oom_at=None) for c in todo}
@@ -191,9 +205,9 @@ def test_a_method_whose_package_is_missing_is_skipped_without_a_process(tmp_path
     monkeypatch.setitem(METHODS, "peft-lora", dataclasses.replace(METHODS["peft-lora"], requires="no_such_package_x"))
     grid = grid_from_text("axes: {method: [peft-lora]}")
     summary = Runner(grid, RunOptions(tmp_path)).run()
-    (record,) = results.RunFolder(tmp_path).records().values()
-    assert (record["status"], summary.counts) == ("skipped", {"skipped": 1})
-    assert record["reason"] == (
+    (record,) = RunFolder(tmp_path).records().values()
+    assert (record.status, summary.counts) == ("skipped", {"skipped": 1})
+    assert record.reason == (
         "method 'peft-lora' needs the 'no_such_package_x' package, which is not installed "
         "(pip install no_such_package_x)"
     )
@@ -239,12 +253,12 @@ def test_cells_spread_one_per_gpu_and_a_busy_gpu_is_recorded(tmp_path, monkeypat
         with lock:
             running[slot.name] = running.get(slot.name, 0) + 1
             assert running[slot.name] == 1, "two cells on one GPU"
-            seen.append((slot.name, record["run"]["gpu_busy"]))
+            seen.append((slot.name, record.run["gpu_busy"]))
         time.sleep(0.05)
         with lock:
             running[slot.name] -= 1
-        record["status"] = "ok"
-        results.write_json(self.folder.result_path(cell.hash), record)
+        record.status = "ok"
+        write_json(self.folder.result_path(cell.hash), record)
         return record
 
     monkeypatch.setattr(Runner, "_spawn", fake_spawn)
@@ -255,7 +269,7 @@ def test_cells_spread_one_per_gpu_and_a_busy_gpu_is_recorded(tmp_path, monkeypat
 
 
 def test_cells_per_gpu_lets_that_many_cells_share_a_gpu_and_fills_the_least_busy_gpu_first(tmp_path, monkeypatch):
-    from bench.launchers.local import LocalLauncher
+    from bench.parent.launchers.local import LocalLauncher
 
     monkeypatch.setattr(nvml, "gpus", lambda: GPUS)
     monkeypatch.setattr(nvml, "processes", lambda uuid: [])
@@ -276,9 +290,9 @@ def test_cells_per_gpu_lets_that_many_cells_share_a_gpu_and_fills_the_least_busy
         release.wait(5)
         with lock:
             running[slot.name] -= 1
-        record["status"] = "ok"
-        assert record["run"]["cells_per_gpu"] == 3
-        results.write_json(self.folder.result_path(cell.hash), record)
+        record.status = "ok"
+        assert record.run["cells_per_gpu"] == 3
+        write_json(self.folder.result_path(cell.hash), record)
         return record
 
     monkeypatch.setattr(Runner, "_spawn", fake_spawn)
@@ -290,7 +304,7 @@ def test_cells_per_gpu_lets_that_many_cells_share_a_gpu_and_fills_the_least_busy
 
 
 def test_cells_per_gpu_must_be_at_least_one():
-    from bench.launchers.local import LocalLauncher
+    from bench.parent.launchers.local import LocalLauncher
 
     with pytest.raises(BenchError, match="--cells-per-gpu is 0"):
         LocalLauncher(cells_per_gpu=0)

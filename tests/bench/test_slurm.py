@@ -9,9 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from bench import cli, launchers, results
-from bench.errors import BenchError
-from bench.launchers.slurm import SlurmConfig, SlurmFieldError, SlurmLauncher, time_minutes
+from bench.core.fileio import read_json, write_json
+from bench.records.folder import RunFolder
+from bench.records.record import STATUSES, Record
+from bench.parent import launchers
+from bench.records import table as results
+from bench import cli
+from bench.core.errors import BenchError
+from bench.parent.launchers.slurm import SlurmLauncher
+from bench.spec.slurm import SlurmConfig, SlurmFieldError, time_minutes
 
 from .conftest import TINY, grid_from_text, one_cell
 
@@ -78,11 +84,11 @@ def test_a_local_executor_job_runs_the_cell_into_the_run_folder_and_resume_keeps
     run_dir = tmp_path / "run"
     argv = ["run", "--matrix", str(grid), "--run-dir", str(run_dir), "--launcher", "slurm"]
     assert cli.main(argv) == 0
-    (record,) = results.RunFolder(run_dir).records().values()
-    assert record["status"] == "ok" and record["train"]["tokens_per_s"] > 0
-    assert record["run"]["slot"] == "slurm" and record["run"]["slurm_job_id"]
+    (record,) = RunFolder(run_dir).records().values()
+    assert record.status == "ok" and record.train["tokens_per_s"] > 0
+    assert record.run["slot"] == "slurm" and record.run["slurm_job_id"]
     jobs = sorted(p.name for p in (run_dir / "slurm").iterdir() if p.name.isdigit())
-    assert jobs == [record["run"]["slurm_job_id"]]
+    assert jobs == [record.run["slurm_job_id"]]
 
     assert cli.main(argv + ["--resume"]) == 0
     assert "nothing to run; 1 finished cells kept" in capsys.readouterr().out
@@ -121,7 +127,7 @@ def test_flags_override_the_grid_and_a_bad_flag_is_named(fake_slurm):
     with pytest.raises(BenchError, match=r"^--slurm-time is 'soon'; write minutes"):
         launchers.from_arguments(bad, grid.slurm)
     assert (
-        launcher.unavailable_reason(None, one_cell(gpus=4)) == "the cell asks for 4 GPUs and slurm.gpus_per_node is 2"
+        launcher.unavailable_reason(one_cell(gpus=4), []) == "the cell asks for 4 GPUs and slurm.gpus_per_node is 2"
     )
 
 

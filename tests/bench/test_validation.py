@@ -7,9 +7,10 @@ import sys
 
 import pytest
 
-from bench import cli, matrix
-from bench.errors import BenchError
-from bench.yamlfile import Source
+from bench.spec import grid as matrix
+from bench import cli
+from bench.core.errors import BenchError
+from bench.core.yamlfile import Source
 
 PRECISIONS = "'fp32', 'tf32', 'bf16', 'fp16-amp', 'bf16-amp'"
 METHODS = "'full', 'lora', 'randlora', 'peft-lora', 'peft-randlora'"

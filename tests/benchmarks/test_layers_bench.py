@@ -15,7 +15,7 @@ or let pytest-benchmark keep numbered runs in .benchmarks/ (git-ignored) and com
 
 (pytest-benchmark 5.2 fails with KeyError 'stats' when `compare` is given the same file twice.)
 
-The shapes are tiny so that the suite stays quick on a CPU; `python -m bench.layer_bench` measures the real
+The shapes are tiny so that the suite stays quick on a CPU; `python -m bench.tools.layer_bench` measures the real
 (4096-wide) shapes on a GPU.
 """
 

@@ -1,0 +1,270 @@
+"""The report's tables, as plain data for the template (which escapes every string): the summary, the pivots of
+method × precision against model × batch size, the cells that did not finish, and each run's environment."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from bench.spec.cells import MethodSpec
+from bench.views.report.data import LORA_METHODS, Runs, accuracy_columns, common_batch, model_order, ratio_to
+
+
+@dataclass(frozen=True)
+class Value:
+    """One table cell: its text, a tooltip, and a CSS class (the status of a cell that did not finish)."""
+
+    text: str
+    title: str = ""
+    css: str = ""
+
+
+@dataclass
+class Pivot:
+    title: str
+    note: str
+    row_names: list[str]  # the header of the row label columns
+    columns: list[tuple[str, list[str]]]  # (model, [batch-size headers])
+    rows: list[tuple[list[str], list[Value]]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Metric:
+    column: str
+    title: str
+    fmt: Callable[[float], str]
+
+
+def fmt_rate(v: float) -> str:
+    return f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
+
+
+def fmt_bytes(v: float) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if v >= size:
+            return f"{v / size:.3g} {unit}" if v / size < 100 else f"{v / size:,.0f} {unit}"
+    return f"{v:.0f} B"
+
+
+def fmt_ratio(v: float) -> str:
+    return f"{v:.2f}×"
+
+
+def fmt_fraction(v: float) -> str:
+    return f"{100 * v:.1f} %"
+
+
+def metrics(frame: pd.DataFrame) -> list[Metric]:
+    found = [
+        Metric("tokens_per_s", "tokens/s", fmt_rate),
+        Metric("memory_bytes", "peak memory", fmt_bytes),
+    ]
+    return found + [Metric(c, c.replace("_", " "), fmt_fraction) for c in accuracy_columns(frame)[:1]]
+
+
+MEMORY_NOTE = (
+    "Peak memory: torch max_memory_allocated over the measured steps on a GPU; on a CPU, where no allocator keeps "
+    "peaks, parameters + gradients + optimizer state + tensors saved for backward, counted."
+)
+
+
+def _number(value) -> float | None:
+    return None if value is None or pd.isna(value) or not math.isfinite(float(value)) else float(value)
+
+
+def _value(row: pd.Series, number: float | None, fmt) -> Value:
+    if row["status"] != "ok":
+        return Value(str(row["status"]).upper(), str(row["reason"] or ""), f"status-{row['status']}")
+    return Value("–", "not measured") if number is None else Value(fmt(number), str(row["label"]))
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where each cell of one GPU type goes: rows (configuration, precision, variant), columns (model, batch × seq)."""
+
+    row_keys: list[tuple[str, str, str]]
+    columns: list[tuple[str, list[tuple[int, int]]]]
+    index: dict[tuple, int]  # (config, precision, variant, model, batch_size, seq_len) -> frame index
+    with_variant: bool
+
+    @classmethod
+    def of(cls, rows: pd.DataFrame) -> _Layout:
+        columns = []
+        for model in model_order(rows):
+            shapes = rows.loc[rows["model"] == model, ["batch_size", "seq_len"]].drop_duplicates().dropna()
+            columns.append((model, sorted((int(b), int(s)) for b, s in shapes.itertuples(index=False))))
+        keys = ["config", "precision", "variant"]
+        row_keys = [tuple(k) for k in rows[keys].drop_duplicates().sort_values(keys).itertuples(index=False)]
+        cell = rows[[*keys, "model", "batch_size", "seq_len"]]
+        index = {tuple(key): i for i, key in zip(rows.index, cell.itertuples(index=False))}
+        return cls(row_keys, columns, index, bool(rows["variant"].fillna("").str.len().gt(0).any()))
+
+    def pivot(self, rows: pd.DataFrame, title: str, note: str, values: pd.Series, fmt) -> Pivot:
+        names = ["configuration", "precision"] + (["variant"] if self.with_variant else [])
+        header = [(model, [f"{b}×{s}" for b, s in shapes]) for model, shapes in self.columns]
+        table = Pivot(title, note, names, header)
+        for key in self.row_keys:
+            cells = []
+            for model, shapes in self.columns:
+                for batch, seq in shapes:
+                    i = self.index.get((*key, model, batch, seq))
+                    cells.append(Value("") if i is None else _value(rows.loc[i], _number(values[i]), fmt))
+            table.rows.append((list(key if self.with_variant else key[:2]), cells))
+        return table
+
+
+def pivots(rows: pd.DataFrame) -> list[tuple[Pivot, Pivot | None, Pivot | None]]:
+    """For each metric of one GPU type: its pivot, and the same as a ratio to LoRA and to full fine-tuning."""
+    layout, out = _Layout.of(rows), []
+    for metric in metrics(rows):
+        tables = [layout.pivot(rows, metric.title, "", rows[metric.column], metric.fmt)]
+        for label, methods in (("LoRA", LORA_METHODS), ("full fine-tuning", ("full",))):
+            ratio, method = ratio_to(rows, metric.column, methods)
+            note = f"{metric.title} over that of {method} with the same model, precision, batch size and settings"
+            title = f"{metric.title}, ratio to {label}"
+            tables.append(None if method is None else layout.pivot(rows, title, note, ratio, fmt_ratio))
+        out.append(tuple(tables))
+    return out
+
+
+# (goal, column, pick, format): what "best" means in the summary.
+GOALS = (
+    ("speed", "tokens_per_s", "idxmax", lambda v: f"{fmt_rate(v)} tokens/s"),
+    ("memory", "memory_bytes", "idxmin", fmt_bytes),
+)
+
+
+def summary(runs: Runs) -> list[dict]:
+    """Per GPU type and model: the fastest configuration (any batch size), and the one with the least memory at the
+    batch size most configurations finished; each with its ratio to LoRA and to full fine-tuning."""
+    out = []
+    for gpu_type, rows in runs.frame.groupby("gpu_type", sort=True):
+        ratios = {(c, m): ratio_to(rows, c, m)[0] for _, c, _, _ in GOALS for m in (LORA_METHODS, ("full",))}
+        for model in model_order(rows):
+            ok = rows[(rows["model"] == model) & (rows["status"] == "ok")]
+            for goal, column, pick, fmt in GOALS:
+                candidates = ok if goal == "speed" else ok[ok["batch_size"] == common_batch(ok)]
+                values = candidates[column].dropna().astype(float)
+                if not values.empty:
+                    i = getattr(values, pick)()
+                    vs = ratios[(column, LORA_METHODS)][i], ratios[(column, ("full",))][i]
+                    out.append(_best(gpu_type, model, goal, rows.loc[i], fmt(values[i]), *vs))
+    return out
+
+
+def _best(gpu_type: str, model: str, goal: str, row: pd.Series, value: str, vs_lora, vs_full) -> dict:
+    return {
+        "gpu_type": gpu_type,
+        "model": model,
+        "goal": goal,
+        "config": f"{row['config']}, {row['precision']}, batch {row['batch_size']}×{row['seq_len']}",
+        "variant": row["variant"] or "",
+        "value": value,
+        "vs_lora": fmt_ratio(vs_lora) if _number(vs_lora) is not None else "–",
+        "vs_full": fmt_ratio(vs_full) if _number(vs_full) is not None else "–",
+    }
+
+
+# The columns of bench/views/accuracy.py's table (its docstring) that the report shows.
+ACCURACY_VIEW = ("task", "model", "method", "precision", "batch_size", "seq_len", "trainable_params", "lr", "seeds",
+                 "val_mean", "metric", "mean", "failed")  # fmt: skip
+
+
+def accuracy_view(summary: pd.DataFrame) -> dict:
+    """bench/views/accuracy.py's table as the report shows it: the method as a label, mean ± std as one cell (every
+    column as it comes if the table lacks one of ACCURACY_VIEW)."""
+    if not set(ACCURACY_VIEW) <= set(summary.columns):
+        rows = [[_text(v) for v in r] for r in summary.itertuples(index=False)]
+        return {"columns": [str(c) for c in summary.columns], "rows": rows}
+    rows = []
+    for r in summary.to_dict("records"):
+        params = {k: r[k] for k in ("impl", "r", "basis") if isinstance(r.get(k), str) or _number(r.get(k)) is not None}
+        method = MethodSpec(r["method"], tuple(sorted((k, int(v) if k == "r" else v) for k, v in params.items())))
+        rows.append(
+            [r["task"], r["model"], method.label(), r["precision"], f"{r['batch_size']}×{r['seq_len']}",
+             _text(r["trainable_params"], fmt=lambda v: f"{v:,.0f}"), _text(r["lr"], fmt=lambda v: f"{v:g}"),
+             _text(r["seeds"]), _spread(r["val_mean"], r.get("val_std")), _text(r["metric"]),
+             _spread(r["mean"], r.get("std")), _text(r["failed"])]
+        )  # fmt: skip
+    columns = ["task", "model", "method", "precision", "batch", "trainable", "lr chosen", "seeds", "validation",
+               "test metric", "test", "failed cells"]  # fmt: skip
+    return {"columns": columns, "rows": rows}
+
+
+def _text(value, missing: str = "–", fmt=str) -> str:
+    return (
+        missing if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)) else fmt(value)
+    )
+
+
+def _spread(mean, std) -> str:
+    if _number(mean) is None:
+        return "–"
+    return f"{100 * mean:.1f} %" + (f" ± {100 * std:.1f}" if _number(std) is not None else "")
+
+
+def failures(runs: Runs) -> list[dict]:
+    """Every cell that did not finish ok, with its reason and traceback."""
+    frame = runs.frame
+    return [
+        {
+            "run": frame.at[i, "run"],
+            "gpu_type": frame.at[i, "gpu_type"],
+            "label": frame.at[i, "label"],
+            "status": frame.at[i, "status"],
+            "reason": frame.at[i, "reason"] or "",
+            "traceback": runs.records[i].traceback or "",
+        }
+        for i in frame.index[frame["status"] != "ok"]
+    ]
+
+
+ENV_FIELDS = (
+    "hostname", "os", "python_version", "cpu_name", "cpu_count", "host_memory_bytes", "torch_version",
+    "transformers_version", "peft_version", "randlora_bench_version", "git_commit", "git_dirty", "source_sha256",
+    "gpu_count",
+)  # fmt: skip
+GPU_FIELDS = (
+    "gpu_name",
+    "gpu_memory_bytes",
+    "driver_version",
+    "cuda_driver_version",
+    "power_limit_w",
+    "sm_clock_max_mhz",
+)
+
+
+def environments(runs: Runs) -> list[dict]:
+    """Per run folder: the machine (run.json), its GPUs and the CUDA build the cells saw, the command line."""
+    out = []
+    for folder in runs.folders:
+        records = [r for r, name in zip(runs.records, runs.frame["run"]) if name == folder["name"]]
+        env = folder["info"].get("env") or (records[0].env if records else {}) or {}
+        fields = [(k, _env_text(k, env.get(k))) for k in ENV_FIELDS if k in env]
+        builds = sorted({r.device.get("torch_cuda_version") or "" for r in records} - {""})
+        fields += [("torch CUDA build", ", ".join(builds))] if builds else []
+        gpus = env.get("gpus") or list(
+            {g.get("gpu_uuid"): g for r in records if (g := r.env.get("gpu"))}.values()
+        )
+        out.append(
+            {
+                "run": folder["name"],
+                "path": folder["path"],
+                "command": " ".join(folder["info"].get("argv") or []),
+                "started_at": folder["info"].get("started_at") or "",
+                "fields": fields,
+                "gpus": [[(k, _env_text(k, gpu.get(k))) for k in GPU_FIELDS if k in gpu] for gpu in gpus],
+            }
+        )
+    return out
+
+
+def _env_text(key: str, value) -> str:
+    if value is None:
+        return "–"
+    if key.endswith("_bytes") and isinstance(value, (int, float)):
+        return fmt_bytes(value)
+    return str(value)
