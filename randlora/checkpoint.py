@@ -141,8 +141,11 @@ def _check_fit(file: AdapterFile, layers: dict[str, tuple], trainables: dict[str
 
 def _load_finite(file: AdapterFile) -> dict[str, torch.Tensor]:
     """Every tensor of the file on the CPU, after its header passed `_check_fit`; NaN / Inf are refused."""
-    with safe_open(file.path, framework="pt") as f:
-        tensors = {name: f.get_tensor(name) for name in file.tensors}
+    try:
+        with safe_open(file.path, framework="pt") as f:
+            tensors = {name: f.get_tensor(name) for name in file.tensors}
+    except SafetensorError as exc:
+        raise ConfigError(f"{file.path} is damaged ({exc}); re-save the adapter.") from None
     for name, t in tensors.items():
         if not torch.isfinite(t).all():
             raise ConfigError(f"{file.path}: tensor {name!r} holds NaN or Inf values; load a file from a finite run.")

@@ -50,26 +50,55 @@ def _config_with(**fields):
     return {**CONFIG.to_dict(), **fields}
 
 
-BAD_FILES = {
+BAD_FILES = {  # name: (make the bad file from the good one, the refusal's message)
     "not-safetensors": (lambda p, o: o.write_text("hello world") and o, r"is not a safetensors file"),
     "no-file": (lambda p, o: o.parent / "missing.safetensors", r"is not a file"),
-    "config-missing": (lambda p, o: _rewrite(p, o, metadata={"config": None}), r"metadata field 'config' is missing or not JSON"),
-    "config-not-json": (lambda p, o: _rewrite(p, o, metadata={"config": "{r: 5"}), r"metadata field 'config' is missing or not JSON"),
-    "config-a-list": (lambda p, o: _rewrite(p, o, metadata={"config": [1, 2]}), r"'config' is a JSON list, expected a dict"),
+    "config-missing": (
+        lambda p, o: _rewrite(p, o, metadata={"config": None}), r"metadata field 'config' is missing or not JSON"
+    ),
+    "config-not-json": (
+        lambda p, o: _rewrite(p, o, metadata={"config": "{r: 5"}), r"metadata field 'config' is missing or not JSON"
+    ),
+    "config-a-list": (
+        lambda p, o: _rewrite(p, o, metadata={"config": [1, 2]}), r"'config' is a JSON list, expected a dict"
+    ),
     "dropout-x": (lambda p, o: _rewrite(p, o, metadata={"config": _config_with(dropout="x")}), r"dropout is 'x'"),
-    "targets-5": (lambda p, o: _rewrite(p, o, metadata={"config": _config_with(target_modules=5)}), r"target_modules is 5"),
-    "r-2M": (lambda p, o: _rewrite(p, o, metadata={"config": _config_with(r=2_000_000)}), r"the model needs \(1, 23\)"),
+    "targets-5": (
+        lambda p, o: _rewrite(p, o, metadata={"config": _config_with(target_modules=5)}), r"target_modules is 5"
+    ),
+    "r-2M": (
+        lambda p, o: _rewrite(p, o, metadata={"config": _config_with(r=2_000_000)}), r"the model needs \(1, 23\)"
+    ),
     "last-tensor-shape": (
         lambda p, o: _rewrite(p, o, tensors={"head.bias": torch.zeros(2, 2)}),  # the model's last parameter
         r"tensor 'head.bias' has shape \(2, 2\), the model needs \(3,\)",
     ),
-    "nan": (lambda p, o: _rewrite(p, o, tensors={"up.randlora_lambda": torch.full((5, 4), float("nan"))}), r"'up.randlora_lambda' holds NaN or Inf"),
-    "inf": (lambda p, o: _rewrite(p, o, tensors={"mid.randlora_gamma": torch.full((9, 41), float("inf"))}), r"'mid.randlora_gamma' holds NaN or Inf"),
-    "int32": (lambda p, o: _rewrite(p, o, tensors={"up.randlora_lambda": torch.zeros(5, 4, dtype=torch.int32)}), r"'up.randlora_lambda' is I32; adapter tensors must be floating point"),
-    "extra-tensor": (lambda p, o: _rewrite(p, o, tensors={"up.extra": torch.zeros(1)}), r"unexpected \['up.extra'\]"),
-    "layer-shape": (lambda p, o: _rewrite(p, o, metadata={"layers": {"up": [45, 19], "mid": [41, 41], "down": [23, 41]}}), r"layer 'up' of shape \(out, in\) \(45, 19\) but this model's is \(41, 19\)"),
-    "layers-malformed": (lambda p, o: _rewrite(p, o, metadata={"layers": {"up": "big"}}), r"metadata layers\['up'\] is 'big'"),
-    "bank": (lambda p, o: _rewrite(p, o, metadata={"bank": [19, 99]}), r"bases of \(d_max, D_max\) \(19, 99\) but this model needs \(41, 41\)"),
+    "nan": (
+        lambda p, o: _rewrite(p, o, tensors={"up.randlora_lambda": torch.full((5, 4), float("nan"))}),
+        r"'up.randlora_lambda' holds NaN or Inf",
+    ),
+    "inf": (
+        lambda p, o: _rewrite(p, o, tensors={"mid.randlora_gamma": torch.full((9, 41), float("inf"))}),
+        r"'mid.randlora_gamma' holds NaN or Inf",
+    ),
+    "int32": (
+        lambda p, o: _rewrite(p, o, tensors={"up.randlora_lambda": torch.zeros(5, 4, dtype=torch.int32)}),
+        r"'up.randlora_lambda' is I32; adapter tensors must be floating point",
+    ),
+    "extra-tensor": (
+        lambda p, o: _rewrite(p, o, tensors={"up.extra": torch.zeros(1)}), r"unexpected \['up.extra'\]"
+    ),
+    "layer-shape": (
+        lambda p, o: _rewrite(p, o, metadata={"layers": {"up": [45, 19], "mid": [41, 41], "down": [23, 41]}}),
+        r"layer 'up' of shape \(out, in\) \(45, 19\) but this model's is \(41, 19\)",
+    ),
+    "layers-malformed": (
+        lambda p, o: _rewrite(p, o, metadata={"layers": {"up": "big"}}), r"metadata layers\['up'\] is 'big'"
+    ),
+    "bank": (
+        lambda p, o: _rewrite(p, o, metadata={"bank": [19, 99]}),
+        r"bases of \(d_max, D_max\) \(19, 99\) but this model needs \(41, 41\)",
+    ),
 }
 
 
@@ -119,7 +148,8 @@ def test_a_file_from_a_layer_with_another_long_side_is_refused(tmp_path):
     other = TinyMLP()
     other.up = torch.nn.Linear(19, 45)
     other.mid = torch.nn.Linear(45, 41, bias=False)
-    with pytest.raises(randlora.ConfigError, match=r"layer 'mid' of shape \(out, in\) \(41, 41\) but this model's is \(41, 45\)"):
+    match = r"layer 'mid' of shape \(out, in\) \(41, 41\) but this model's is \(41, 45\)"
+    with pytest.raises(randlora.ConfigError, match=match):
         randlora.load_adapter(other, path)
     assert getattr(other, "adapter_config", None) is None
 

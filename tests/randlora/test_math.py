@@ -37,7 +37,8 @@ def test_impl_matches_float64_formula_forward_and_gradients(impl, basis, contrac
         param_dtype="model", n_bases=n_bases,
     )
     randlora.adapt(model, config)
-    expected_n = {"up": 4, "mid": 9, "down": 5} if n_bases is None else {"up": min(4, n_bases), "mid": min(9, n_bases), "down": min(5, n_bases)}
+    full_rank_n = {"up": 4, "mid": 9, "down": 5}
+    expected_n = {name: n if n_bases is None else min(n, n_bases) for name, n in full_rank_n.items()}
     assert {name: getattr(model, name).randlora_lambda.shape[1] for name in TARGETS} == expected_n
     randomize_(model, seed=2)
     x = torch.randn(3, 4, 19, dtype=torch.float64, requires_grad=True)
