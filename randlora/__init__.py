@@ -6,7 +6,8 @@
     randlora.save_adapter(model, "adapter.safetensors")
 
 The same `adapt` takes a `LoRAConfig` or a `FullFinetuneConfig`; RandLoRA's variants are chosen by `impl`
-("eager", "compiled", "sparse").
+("eager", "compiled", "sparse"). `update_rank(config, out, in)` is the rank ΔW can reach; `n_bases` in a
+RandLoRAConfig caps the bases per layer, so that rank can be varied at an almost fixed parameter count.
 """
 from .checkpoint import load_adapter, read_adapter_config, save_adapter
 from .config import LLAMA_PROJECTIONS, AdapterConfig, FullFinetuneConfig, LoRAConfig, RandLoRAConfig
@@ -19,10 +20,12 @@ from .model import (
     count_trainable,
     disable_adapters,
     enable_adapters,
+    init_adapters,
     merge,
     trainable_parameters,
     unmerge,
 )
+from .rank import n_bases_for_budget, update_rank, update_rank_of, update_ranks
 from .registry import implementations
 from .targets import ALL_LINEAR, select_modules
 
@@ -42,11 +45,16 @@ __all__ = [
     "enable_adapters",
     "export_to_peft",
     "implementations",
+    "init_adapters",
     "load_adapter",
     "merge",
+    "n_bases_for_budget",
     "read_adapter_config",
     "save_adapter",
     "select_modules",
     "trainable_parameters",
     "unmerge",
+    "update_rank",
+    "update_rank_of",
+    "update_ranks",
 ]

@@ -7,6 +7,9 @@ One `BasisBank` serves every adapted layer of a model. It is sized to the larges
     B: (D_max, n_max · r)      a layer with n bases uses B[:D, :n·r]; its j-th basis is B_j = B[:D, j:n·r:n]
                                (k-major pairing, as in peft: see functional.py)
 
+A layer gets n = ceil(d / r) bases, enough for full rank, or n = min(n_bases, ceil(d / r)) when the config caps
+them (`num_bases`); the bank holds n_max = the same rule at d_max.
+
 The bases are generated on the CPU in float32 with `torch.Generator(seed)` (A first, then B) and normalised to
 unit standard deviation, so the same seed gives the same bases on any device and in any dtype. Copies on other
 devices / dtypes are cached, one per (device, dtype), and never saved in a checkpoint.
@@ -15,8 +18,15 @@ Distributions (the paper's four):
     uniform      Kaiming-uniform U(-b, b), the paper's default, then divided by its std.
     normal       N(0, 1).
     sparse       ternary {-1, 0, +1} with probabilities {1/s, 1 - 2/s, 1/s}, s = 6, times sqrt(s/2) (unit variance).
-    very_sparse  the same with s = sqrt(D_max). (peft puts 1/(2·sqrt(d)) on each sign instead; we follow the paper.)
+    very_sparse  the same with s = max(3, sqrt(D_max)). (peft puts 1/(2·sqrt(d)) on each sign instead; we follow
+                 the paper.) s >= 3 keeps P(-1), P(0), P(+1) a distribution (s < 2 would make the signs overlap
+                 and the std 0.92 at D_max = 3); s = 3 is uniform over {-1, 0, +1}.
 Ternary bases also keep an int8 copy of their signs (`A_sign`, `B_sign`) and the scalar `ternary_scale`.
+
+Rank caveat of the ternary bases: a column of A that is all zero (probability (1 - 2/s)^r, i.e. (2/3)^r for
+`sparse`) is a zero column of every layer's ΔW (on the d side), so the update has rank d minus the number of
+such columns at most. `sparse` with seed 0 at d_max = 896: 591 zero columns at r = 1 (ΔW has rank 305, not 896), 382 at
+r = 2, 36 at r = 8, 1 at r = 16, none at r = 32 (expected 896·(2/3)^r: 597, 398, 35, 1.4, 2e-3).
 """
 from __future__ import annotations
 
@@ -27,12 +37,13 @@ import torch
 
 from .config import Basis
 
-TERNARY_S = {"sparse": lambda D: 6.0, "very_sparse": lambda D: math.sqrt(D)}
+TERNARY_S = {"sparse": lambda D: 6.0, "very_sparse": lambda D: max(3.0, math.sqrt(D))}
 
 
-def num_bases(d: int, r: int) -> int:
-    """n = ceil(d / r): enough rank-r terms for the update to reach full rank d."""
-    return -(-d // r)
+def num_bases(d: int, r: int, n_bases: int | None = None) -> int:
+    """n = ceil(d / r), enough rank-r terms for the update to reach full rank d; at most `n_bases` when given."""
+    full_rank = -(-d // r)
+    return full_rank if n_bases is None else min(n_bases, full_rank)
 
 
 def _ternary(shape: tuple[int, ...], s: float, gen: torch.Generator) -> torch.Tensor:
@@ -62,6 +73,7 @@ class BasisBank:
     D_max: int
     basis: Basis
     seed: int
+    n_bases: int | None = None  # the config's cap on bases per layer (None: ceil(d / r))
     A: torch.Tensor = field(init=False, repr=False)  # (r, d_max) float32
     B: torch.Tensor = field(init=False, repr=False)  # (D_max, n_max * r) float32
     A_sign: torch.Tensor | None = field(init=False, repr=False, default=None)  # int8, ternary bases only
@@ -70,7 +82,7 @@ class BasisBank:
     _cache: dict = field(init=False, repr=False, default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.n_max = num_bases(self.d_max, self.r)
+        self.n_max = num_bases(self.d_max, self.r, self.n_bases)
         gen = torch.Generator(device="cpu").manual_seed(self.seed)
         a_shape, b_shape = (self.r, self.d_max), (self.D_max, self.n_max * self.r)
         if self.basis in TERNARY_S:
@@ -103,5 +115,5 @@ class BasisBank:
 
     def layer_slices(self, A: torch.Tensor, B: torch.Tensor, d: int, D: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The corner a (D, d) layer uses: A[:, :d] (r, d) and B[:D, :n·r] (D, n·r), as views."""
-        n = num_bases(d, self.r)
+        n = num_bases(d, self.r, self.n_bases)
         return A[:, :d], B[:D, : n * self.r]

@@ -29,12 +29,25 @@ def _check_choice(cls_name: str, name: str, value, literal) -> None:
         raise ConfigError(f"{cls_name}.{name} is {value!r}; allowed values are {', '.join(map(repr, allowed))}.")
 
 
-def _as_tuple(value) -> tuple[str, ...]:
+SEED_LIMIT = 2**64  # torch.Generator.manual_seed takes seeds in [0, 2**64)
+
+
+def _as_tuple(cls_name: str, name: str, value) -> tuple[str, ...]:
     if value is None:
         return ()
     if isinstance(value, str):
         return (value,)
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{cls_name}.{name} is {value!r}; it must be a module name, a pattern or a list of them.")
     return tuple(value)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -55,9 +68,8 @@ class AdapterConfig:
     impl: str = "eager"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "target_modules", _as_tuple(self.target_modules))
-        object.__setattr__(self, "trainable_modules", _as_tuple(self.trainable_modules))
         for name in ("target_modules", "trainable_modules"):
+            object.__setattr__(self, name, _as_tuple(type(self).__name__, name, getattr(self, name)))
             for pattern in getattr(self, name):
                 if not isinstance(pattern, str) or not pattern:
                     raise ConfigError(f"{type(self).__name__}.{name} must hold non-empty strings, got {pattern!r}.")
@@ -69,6 +81,8 @@ class AdapterConfig:
 
     @staticmethod
     def from_dict(data: dict) -> AdapterConfig:
+        if not isinstance(data, dict):
+            raise ConfigError(f"an adapter config must be a JSON object of fields, got a {type(data).__name__}.")
         data = dict(data)
         method = data.pop("method", None)
         classes = {cls.method: cls for cls in (RandLoRAConfig, LoRAConfig, FullFinetuneConfig)}
@@ -90,11 +104,11 @@ class AdapterConfig:
 def _validate_low_rank(config) -> None:
     """The checks RandLoRA and LoRA share: r, alpha, dropout, param_dtype and a non-empty target list."""
     name = type(config).__name__
-    if not isinstance(config.r, int) or isinstance(config.r, bool) or config.r <= 0:
+    if not _is_int(config.r) or config.r <= 0:
         raise ConfigError(f"{name}.r is {config.r!r}; it must be a positive integer (the paper uses 4 to 32).")
-    if not isinstance(config.alpha, (int, float)) or not math.isfinite(config.alpha) or config.alpha <= 0:
+    if not _is_number(config.alpha) or not math.isfinite(config.alpha) or config.alpha <= 0:
         raise ConfigError(f"{name}.alpha is {config.alpha!r}; it must be a positive finite number.")
-    if not 0.0 <= config.dropout < 1.0:
+    if not _is_number(config.dropout) or not 0.0 <= config.dropout < 1.0:
         raise ConfigError(f"{name}.dropout is {config.dropout!r}; it must be in [0, 1).")
     _check_choice(name, "param_dtype", config.param_dtype, ParamDtype)
     if not config.target_modules:
@@ -103,7 +117,18 @@ def _validate_low_rank(config) -> None:
 
 @dataclass(frozen=True)
 class RandLoRAConfig(AdapterConfig):
-    """RandLoRA: ΔW = (alpha / r) · Σ_j B_j diag(λ_j) A diag(γ_j), bases shared and regenerated from `seed`."""
+    """RandLoRA: ΔW = (alpha / r) · Σ_j B_j diag(λ_j) A diag(γ_j), j = 1..n, bases shared and regenerated from `seed`.
+
+    A layer with d = min(in, out) gets n = ceil(d / r) bases (full rank), or n = min(n_bases, ceil(d / r)) when
+    `n_bases` is set: ΔW then has rank at most min(d, n·r) and the layer trains n·(r + d) parameters. Since d ≫ r,
+    the count hardly depends on r: at a fixed n_bases, raising r raises the update's rank at about the same
+    budget (the paper's Table 2). `randlora.update_rank` gives the rank, `randlora.n_bases_for_budget` an n.
+
+    The `sparse` basis (66 % zeros) is not full rank at small r either: a column of the shared A (r, d) is all
+    zero with probability (2/3)^r, and each such column is a zero column of every layer's ΔW: with seed 0 and
+    d = 896, 591 columns are zero at r = 1 (rank 305 of 896), 36 at r = 8, 1 at r = 16. `very_sparse` loses a
+    fraction (1 - 2/s)^r of them (bases.py).
+    """
 
     method: ClassVar[str] = "randlora"
     r: int = 32  # rank of each random basis; n = ceil(d / r) bases make the update full rank
@@ -111,6 +136,7 @@ class RandLoRAConfig(AdapterConfig):
     impl: RandLoRAImpl = "eager"
     basis: Basis = "uniform"  # distribution of the shared random bases (the paper's four)
     seed: int = 0  # the bases are regenerated from this seed on the CPU in float32
+    n_bases: int | None = None  # cap on the bases per layer (the update-rank ablation); None = ceil(d / r)
     dropout: float = 0.0  # dropout on the adapter's input path (forces the token contraction when > 0)
     contraction: Contraction = "auto"  # auto: per call, the cheaper of the two orders by FLOP count
     param_dtype: ParamDtype = "float32"  # dtype λ and γ are stored in; compute runs in the model's dtype
@@ -122,8 +148,10 @@ class RandLoRAConfig(AdapterConfig):
         _check_choice(name, "impl", self.impl, RandLoRAImpl)
         _check_choice(name, "basis", self.basis, Basis)
         _check_choice(name, "contraction", self.contraction, Contraction)
-        if not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError(f"{name}.seed is {self.seed!r}; it must be a non-negative integer.")
+        if not _is_int(self.seed) or not 0 <= self.seed < SEED_LIMIT:
+            raise ConfigError(f"{name}.seed is {self.seed!r}; it must be an integer in [0, 2**64).")
+        if self.n_bases is not None and (not _is_int(self.n_bases) or self.n_bases <= 0):
+            raise ConfigError(f"{name}.n_bases is {self.n_bases!r}; it must be a positive integer or None (full rank).")
 
     @property
     def scaling(self) -> float:

@@ -1,7 +1,7 @@
 """RandLoRA's math: the update, its two contraction orders, and a backward that recomputes instead of storing.
 
 Notation for one adapted layer with frozen weight W0 of shape (out, in):
-    d = min(in, out), D = max(in, out), n = ceil(d / r), s = alpha / r
+    d = min(in, out), D = max(in, out), n = ceil(d / r) (or min(n_bases, ceil(d / r))), s = alpha / r
     A  (r, d)      shared random basis          B  (D, r·n)   the shared random bases, side by side
     λ  (r, n)      trainable, λ[:, j] = diag(Λ_j)   γ  (n, d)  trainable, γ[j] = diag(Γ_j)
 

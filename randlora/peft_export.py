@@ -5,6 +5,14 @@ shapes peft expects: A (r, 1, min_dim) and B (max_dim, n, r), where (max_dim, mi
 element-wise largest (out, in) over the targets. Our bases fill the leading corner and the rest is zero, which
 no layer reads. λ (r, n) and γ (n, d) are stored as peft stores them; the k-major pairing of `functional.py`
 is peft's, so the loaded model computes the same ΔW.
+
+Size: peft's format holds one copy of the shared bases PER LAYER (plus one for the model), each of
+(r·min_dim + max_dim·n·r) float32 values, so the export is far larger than `save_adapter`'s file: in one measured
+case 1.43 GB for 262,400 trainable parameters (about 1 MB of λ and γ). Keep `save_adapter` files for checkpoints;
+export only to hand an adapter to peft.
+
+peft gives every layer n = ceil(d / r) bases; an adapter whose `n_bases` caps any layer below that cannot be
+expressed there, and its export is refused.
 """
 from __future__ import annotations
 
@@ -34,12 +42,23 @@ def _peft_bases(layers, config: RandLoRAConfig) -> tuple[torch.Tensor, torch.Ten
 
 
 def export_to_peft(model: torch.nn.Module, out_dir: str | os.PathLike) -> Path:
-    """Write `adapter_config.json` and `adapter_model.safetensors` for peft's RandLora into `out_dir`."""
+    """Write `adapter_config.json` and `adapter_model.safetensors` for peft's RandLora into `out_dir`.
+
+    The safetensors file repeats the shared bases for every layer, as peft expects: it is about
+    (layers + 1) · 4 · (r·min_dim + max_dim·n·r) bytes (1.43 GB for 262,400 trainables in one measured case),
+    not the size of the trainables. Refused for LoRA / full adapters, trainable_modules and a capping n_bases.
+    """
     config = adapter_config(model)
     if not isinstance(config, RandLoRAConfig):
         raise ConfigError(f"only RandLoRA adapters export to peft's RandLora; this model holds a {config.method!r} adapter.")
     if config.trainable_modules:
         raise ConfigError("trainable_modules cannot be exported to peft's RandLora yet; export an adapter without them.")
+    capped = [name for name, layer in adapter_layers(model) if layer.num_bases != num_bases(layer.d, config.r)]
+    if capped:
+        raise ConfigError(
+            f"n_bases={config.n_bases} gives layer {capped[0]!r} fewer bases than peft's ceil(d / r); peft's RandLora "
+            "cannot express that, so export an adapter with n_bases=None (or large enough for every layer)."
+        )
     try:
         import peft
     except ImportError:

@@ -1,21 +1,42 @@
 """The base of every adapter that wraps a frozen `nn.Linear`.
 
-A subclass declares its trainable tensors as `nn.Parameter`s, implements `delta_weight()` (the (out, in) update
-in float32) and `adapted_forward(x)`. Merge, unmerge, enable and disable are shared here.
+A subclass declares its trainable tensors as `nn.Parameter`s, implements `reset_parameters()` (a fresh adapter,
+ΔW = 0), `delta_weight()` (the (out, in) update in float32) and `adapted_forward(x)`. Merge, unmerge, enable and
+disable are shared here.
+
+States: a layer is enabled or disabled, and merged or not; a disabled layer is never merged (disabling unmerges,
+and merging a disabled layer is refused), so a disabled layer always computes the base function.
+
+The meta device (no autocast there) runs the same code: a forward on meta tensors gives meta outputs of the right
+shape and dtype, e.g. for shape inference before `to_empty`.
 """
 from __future__ import annotations
+
+import contextlib
 
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..targets import replace_module
+
+
+def _has_autocast(device: torch.device) -> bool:
+    return torch.amp.is_autocast_available(device.type)
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype the layer computes in: autocast's when it is on for x's device, else x's own."""
-    if torch.is_autocast_enabled(x.device.type):
+    if _has_autocast(x.device) and torch.is_autocast_enabled(x.device.type):
         return torch.get_autocast_dtype(x.device.type)
     return x.dtype
+
+
+def autocast_off(device: torch.device):
+    """A context with autocast off on `device` (nothing to switch off on devices without autocast, like meta)."""
+    if _has_autocast(device):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 class AdapterLinear(nn.Module):
@@ -34,6 +55,15 @@ class AdapterLinear(nn.Module):
     def shared_state(cls, model: nn.Module, config, targets: dict[str, nn.Linear]) -> dict:
         """State shared by all layers of one model (RandLoRA's bases); passed to each `__init__` as kwargs."""
         return {}
+
+    @classmethod
+    def trainable_shapes(cls, config, out_features: int, in_features: int) -> dict[str, tuple[int, ...]]:
+        """{parameter name: shape} of the trainables a layer of this shape declares (for checking files)."""
+        raise NotImplementedError
+
+    def reset_parameters(self) -> None:
+        """Initialise the trainables as a fresh adapter (ΔW = 0); `randlora.init_adapters` calls it after to_empty."""
+        raise NotImplementedError
 
     def delta_weight(self) -> torch.Tensor:
         """ΔW (out, in) in float32."""
@@ -58,6 +88,8 @@ class AdapterLinear(nn.Module):
 
     @torch.no_grad()
     def merge(self) -> None:
+        if not self.enabled:
+            raise ConfigError("this adapter is disabled; call randlora.enable_adapters(model) before merging it.")
         if not self.merged:
             w = self.base.weight
             w.copy_((w.float() + self.delta_weight().to(w.device)).to(w.dtype))

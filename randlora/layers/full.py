@@ -8,9 +8,9 @@ from ..registry import register
 
 @register("full", "eager")
 class FullFinetune:
-    """Holds no layer; `adapt` unfreezes the whole model. Merge / unmerge are no-ops; there is nothing to disable."""
+    """Holds no layer; `adapt` unfreezes the whole model. There is no adapter to merge or disable."""
 
-    supports_disable = False
+    has_adapter = False  # merge, unmerge, disable, enable and init_adapters are refused
 
     @classmethod
     def adapt_model(cls, model: nn.Module, config, targets: dict) -> None:

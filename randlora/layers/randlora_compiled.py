@@ -9,9 +9,13 @@ time than its fusions save).
 
 Adapted layers outside any repeated block (a lone layer, a head) run that per-layer compiled function:
 `torch.compile(fullgraph=True, dynamic=True)`; fullgraph=True makes a graph break inside the adapter an error
-instead of a silent slowdown, and dynamic=True compiles one graph for every token count. A model still needs a few
-graphs (one per dtype, orientation of the layer and contraction order), more than dynamo's default limit of 8 when
-several models share a process, hence the raised limit. Without autograd (evaluation, merging) that function runs
+instead of a silent slowdown, and dynamic=True compiles one graph for every token count and every layer shape.
+That needs λ and γ traced with symbolic shapes too: dynamo treats an nn.Parameter's shape as static by default
+(`force_parameter_static_shapes`), and γ (n, d) broadcast against A (r, d) then pinned d, so each new layer shape
+compiled a new graph until dynamo's recompile limit raised `FailOnRecompileLimitHit` (64 shapes, 11 min on a
+CPU). A model still needs a few graphs (one per dtype, orientation of the layer and contraction order), more than
+dynamo's default limit of 8 when several models share a process, hence the raised limit; should a process still
+reach it, the function warns once and runs eagerly from then on. Without autograd (evaluation, merging) it runs
 eagerly. Inside a model that is itself under `torch.compile` the eager function runs too, traced into the model's
 graph (a nested compile would break that graph at every layer).
 """
@@ -33,14 +37,26 @@ RECOMPILE_LIMIT = 64
 
 @functools.cache
 def compiled_randlora_linear():
+    """randlora_linear compiled once for every shape; eager (after one warning) once the recompile limit is hit."""
     compiled = torch.compile(randlora_linear, fullgraph=True, dynamic=True)
+    fell_back = False
 
     @functools.wraps(randlora_linear)
     def run(*args):
-        if not torch.is_grad_enabled():
+        nonlocal fell_back
+        if fell_back or not torch.is_grad_enabled():
             return randlora_linear(*args)
-        with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
-            return compiled(*args)
+        try:
+            with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT, force_parameter_static_shapes=False):
+                return compiled(*args)
+        except torch._dynamo.exc.FailOnRecompileLimitHit:
+            fell_back = True
+            warnings.warn(
+                f"the compiled RandLoRA function reached dynamo's recompile limit ({RECOMPILE_LIMIT} graphs) in this "
+                "process; adapted layers outside repeated blocks run the eager function from now on.",
+                stacklevel=2,
+            )
+            return randlora_linear(*args)
 
     return run
 

@@ -8,7 +8,7 @@ from torch import nn
 from ..bases import BasisBank, num_bases
 from ..functional import choose_contraction, delta_weight, randlora_linear
 from ..registry import register
-from .base import AdapterLinear, compute_dtype
+from .base import AdapterLinear, autocast_off, compute_dtype
 
 _PARAM_DTYPES = {"float32": lambda weight: torch.float32, "model": lambda weight: weight.dtype}
 
@@ -20,22 +20,35 @@ class RandLoRALinear(AdapterLinear):
     def __init__(self, base: nn.Linear, config, bank: BasisBank) -> None:
         super().__init__(base, config)
         self.d, self.D = min(self.in_features, self.out_features), max(self.in_features, self.out_features)
-        self.r, self.num_bases = config.r, num_bases(self.d, config.r)
+        self.r, self.num_bases = config.r, num_bases(self.d, config.r, config.n_bases)
         self.scaling = config.scaling
         self.bank = bank  # a plain attribute: shared by every layer, never moved by .to() nor saved
         weight = base.weight
         dtype = _PARAM_DTYPES[config.param_dtype](weight)
-        self.randlora_lambda = nn.Parameter(torch.zeros(self.r, self.num_bases, device=weight.device, dtype=dtype))
-        self.randlora_gamma = nn.Parameter(
-            torch.full((self.num_bases, self.d), 1.0 / self.d, device=weight.device, dtype=dtype)
-        )
+        self.randlora_lambda = nn.Parameter(torch.empty(self.r, self.num_bases, device=weight.device, dtype=dtype))
+        self.randlora_gamma = nn.Parameter(torch.empty(self.num_bases, self.d, device=weight.device, dtype=dtype))
+        self.reset_parameters()
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else None
+
+    @classmethod
+    def trainable_shapes(cls, config, out_features: int, in_features: int) -> dict[str, tuple[int, ...]]:
+        d = min(out_features, in_features)
+        n = num_bases(d, config.r, config.n_bases)
+        return {"randlora_lambda": (config.r, n), "randlora_gamma": (n, d)}
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """A fresh adapter: λ = 0, γ = 1/d, so ΔW = 0 (a no-op on the meta device)."""
+        self.randlora_lambda.zero_()
+        self.randlora_gamma.fill_(1.0 / self.d)
 
     @classmethod
     def shared_state(cls, model, config, targets) -> dict:
         d_max = max(min(m.in_features, m.out_features) for m in targets.values())
         D_max = max(max(m.in_features, m.out_features) for m in targets.values())
-        bank = BasisBank(r=config.r, d_max=d_max, D_max=D_max, basis=config.basis, seed=config.seed)
+        bank = BasisBank(
+            r=config.r, d_max=d_max, D_max=D_max, basis=config.basis, seed=config.seed, n_bases=config.n_bases
+        )
         return {"bank": bank}
 
     def bases(self, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,7 +81,7 @@ class RandLoRALinear(AdapterLinear):
         weight = self.base.weight.to(dtype)
         bias = None if self.base.bias is None else self.base.bias.to(dtype)
         fn = self.linear_function()
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        with autocast_off(x.device):
             xc = x.to(dtype)
             if self.dropout is not None and self.training:
                 base_out = F.linear(xc, weight, bias)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from randlora.bases import BasisBank, num_bases
+from randlora.functional import delta_weight
 
 from .helpers import reference_delta
 
@@ -100,3 +101,28 @@ def test_device_copies_are_cached_once():
     bank = BasisBank(r=4, d_max=8, D_max=12, basis="uniform", seed=0)
     first = bank.get("cpu", torch.float16)
     assert bank.get("cpu", torch.float16)[1] is first[1]
+
+
+@pytest.mark.parametrize("D_max", [1, 2, 3, 8])
+def test_very_sparse_on_a_tiny_bank_keeps_a_ternary_distribution_with_unit_std(D_max):
+    # s = sqrt(D_max) < 2 made P(-1) + P(+1) > 1: the signs overlapped and the std was 0.92 at D_max = 3
+    bank = BasisBank(r=4096, d_max=min(D_max, 2), D_max=D_max, basis="very_sparse", seed=0)
+    signs = bank.B_sign.float()
+    assert bank.B.std().item() == pytest.approx(1.0, abs=0.03)
+    assert (signs == 1).float().mean().item() == pytest.approx((signs == -1).float().mean().item(), abs=0.03)
+    assert (signs == 0).float().mean().item() >= 0.3  # s >= 3: P(0) = 1 - 2/s >= 1/3
+
+
+@pytest.mark.parametrize("r,zero_columns", [(1, 591), (2, 382), (8, 36)])
+def test_sparse_basis_at_small_r_loses_the_rank_of_every_all_zero_column_of_A(r, zero_columns):
+    """The figures the docs cite (seed 0, d = 896), near the expected 896·(2/3)^r; ΔW loses exactly those ranks."""
+    d = 896
+    bank = BasisBank(r=r, d_max=d, D_max=d, basis="sparse", seed=0)
+    zero = int((bank.A_sign == 0).all(dim=0).sum())
+    assert zero == zero_columns
+    assert zero == pytest.approx(d * (2 / 3) ** r, rel=0.1)
+    n = num_bases(d, r)
+    gen = torch.Generator().manual_seed(1)
+    lam, gam = torch.randn(r, n, generator=gen, dtype=torch.float64), torch.randn(n, d, generator=gen, dtype=torch.float64)
+    dw = delta_weight(bank.A.double(), bank.B.double()[:, : n * r], lam, gam, 1.0, d, d)
+    assert torch.linalg.matrix_rank(dw).item() == d - zero_columns  # 305 of 896 at r = 1

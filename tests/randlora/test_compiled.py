@@ -7,6 +7,7 @@ import torch._dynamo
 
 import randlora
 from randlora.functional import randlora_linear
+from randlora.layers import randlora_compiled
 from randlora.layers.randlora_compiled import compiled_randlora_linear
 
 
@@ -134,3 +135,39 @@ def test_the_compiled_impl_warns_when_a_kv_cache_would_recompile_every_block():
     model.config = type("Config", (), {"use_cache": True})()
     with pytest.warns(UserWarning, match="use_cache=True: a KV cache built during training"):
         randlora.adapt(model, randlora.RandLoRAConfig(r=3, impl="compiled", target_modules=["up"]))
+
+
+@pytest.fixture
+def fresh_compiled_function():
+    """The process-wide compiled function, rebuilt before and after the test (no graphs, no fallback carried over)."""
+    compiled_randlora_linear.cache_clear()
+    torch._dynamo.reset()
+    yield
+    compiled_randlora_linear.cache_clear()
+    torch._dynamo.reset()
+
+
+@pytest.mark.slow
+def test_new_layer_shapes_reuse_one_compiled_graph(fresh_compiled_function):
+    """nn.Linear(32 + 8k, 96 + 16k): each new shape used to recompile (γ's static shape pinned d) until dynamo's
+    limit raised FailOnRecompileLimitHit at the 65th shape."""
+    for k in range(4):
+        torch.manual_seed(k)
+        model = torch.nn.Sequential(torch.nn.Linear(32 + 8 * k, 96 + 16 * k))
+        randlora.adapt(model, randlora.RandLoRAConfig(r=8, impl="compiled", target_modules=["0"]))
+        with torch._dynamo.config.patch(error_on_recompile=k > 0):
+            model(torch.randn(3, 32 + 8 * k)).sum().backward()
+        assert model[0].randlora_lambda.grad is not None
+
+
+@pytest.mark.slow
+def test_reaching_the_recompile_limit_warns_once_and_runs_eagerly(fresh_compiled_function, monkeypatch):
+    monkeypatch.setattr(randlora_compiled, "RECOMPILE_LIMIT", 1)
+    fn = compiled_randlora_linear()
+    fn(*_layer_args(5), False).sum().backward()  # the one graph the limit allows
+    args64 = tuple(a.double() if isinstance(a, torch.Tensor) else a for a in _layer_args(6))  # needs a second graph
+    with pytest.warns(UserWarning, match=r"reached dynamo's recompile limit \(1 graphs\).*run the eager function") as seen:
+        y = fn(*args64, False)
+        fn(*args64, True)
+    assert len(seen) == 1
+    torch.testing.assert_close(y, randlora_linear(*args64, False), rtol=0, atol=0)

@@ -8,6 +8,7 @@ import torch
 
 import randlora
 from randlora.bases import num_bases
+from randlora.model import planned_adapter
 
 from .helpers import TARGETS, TinyMLP, randomize_
 
@@ -29,6 +30,15 @@ def expected_trainable(config, base: TinyMLP) -> int:
     if config.method == "lora":
         return head + sum(config.r * (l.in_features + l.out_features) for l in layers)
     return sum(p.numel() for p in base.parameters())
+
+
+def _load_base(adapted_model, base: TinyMLP) -> None:
+    """Copy the base model's weights into an adapted model (wrapped linears hold theirs under `.base`)."""
+    with torch.no_grad():
+        for name, p in base.named_parameters():
+            module, leaf = name.rsplit(".", 1)
+            target = adapted_model.get_submodule(module)
+            getattr(getattr(target, "base", target), leaf).copy_(p)
 
 
 @pytest.fixture(params=list(CASES), ids=IDS)
@@ -58,6 +68,11 @@ def test_only_declared_parameters_train(adapted):
 def test_merge_then_unmerge_keeps_the_function(adapted):
     config, base, _, model = adapted
     x = torch.randn(4, 19)
+    if config.method == "full":
+        for action in (randlora.merge, randlora.unmerge):
+            with pytest.raises(randlora.ConfigError, match="has no adapter to (merge|unmerge)"):
+                action(model)
+        return
     with torch.no_grad():
         y = model(x)
         before = {n: p.clone() for n, p in model.named_parameters()}
@@ -67,8 +82,71 @@ def test_merge_then_unmerge_keeps_the_function(adapted):
         torch.testing.assert_close(model(x), y, rtol=1e-5, atol=1e-5)
         for n, p in model.named_parameters():
             torch.testing.assert_close(p, before[n], rtol=1e-6, atol=1e-6)
-    if config.method != "full":
-        assert not torch.allclose(y, base(x), atol=1e-4)  # the adapter really changed the function
+    assert not torch.allclose(y, base(x), atol=1e-4)  # the adapter really changed the function
+
+
+def test_declared_trainable_shapes_are_the_adapted_ones(adapted):
+    """load_adapter checks files against this plan before adapting: it must name exactly what adapt makes."""
+    config, _, fresh, model = adapted
+    layers, trainables = planned_adapter(fresh, config)
+    assert trainables == {n: tuple(p.shape) for n, p in randlora.trainable_parameters(model).items()}
+    assert layers == {n: (m.out_features, m.in_features) for n, m in randlora.adapter_layers(model)}
+    assert randlora.count_trainable(fresh) == sum(p.numel() for p in fresh.parameters())  # fresh was not touched
+
+
+def test_load_into_a_merged_model_unmerges_loads_and_merges_again(adapted, tmp_path):
+    config, base, fresh, model = adapted
+    if config.method == "full":
+        return
+    path = randlora.save_adapter(model, tmp_path / "adapter.safetensors")
+    x = torch.randn(4, 19)
+    target = randlora.adapt(copy.deepcopy(base), config)
+    randomize_(target, seed=7)  # another adapter, merged into the weights
+    randlora.merge(target)
+    randlora.load_adapter(target, path)
+    with torch.no_grad():
+        torch.testing.assert_close(target(x), model(x), rtol=1e-5, atol=1e-5)
+        assert all(layer.merged for _, layer in randlora.adapter_layers(target))
+        randlora.unmerge(target)
+        torch.testing.assert_close(target(x), model(x), rtol=1e-5, atol=1e-5)
+        randlora.disable_adapters(target)
+        torch.testing.assert_close(target(x), base(x), rtol=1e-5, atol=1e-5)  # base weights intact
+
+
+def test_merge_while_disabled_is_refused_and_the_model_stays_the_base_function(adapted):
+    config, base, _, model = adapted
+    if config.method == "full":
+        return
+    x = torch.randn(4, 19)
+    randlora.disable_adapters(model)
+    with pytest.raises(randlora.ConfigError, match=r"adapters are disabled; call randlora.enable_adapters\(model\)"):
+        randlora.merge(model)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), base(x), rtol=1e-6, atol=1e-6)
+    assert not any(layer.merged for _, layer in randlora.adapter_layers(model))
+
+
+def test_init_adapters_after_to_empty_gives_a_fresh_adapter_from_a_meta_model(adapted):
+    config, base, _, _ = adapted
+    if config.method == "full":
+        return
+    with torch.device("meta"):
+        meta = TinyMLP()
+    randlora.adapt(meta, config)
+    y = meta(torch.randn(4, 19, device="meta"))  # shape inference on meta works
+    assert y.is_meta and y.shape == (4, 3)
+    meta.to_empty(device="cpu")
+    _load_base(meta, base)
+    randlora.init_adapters(meta)
+    reference = randlora.adapt(copy.deepcopy(base), config)
+    for name, p in randlora.trainable_parameters(meta).items():
+        if "randlora_" in name or "lora_B" in name:
+            assert torch.equal(p, randlora.trainable_parameters(reference)[name]), name
+        elif "lora_A" in name:  # Kaiming-uniform: random, within its bound
+            assert p.abs().max() <= 1 / p.shape[1] ** 0.5 and p.std() > 0
+    x = torch.randn(4, 19)
+    with torch.no_grad():
+        torch.testing.assert_close(meta(x), base(x), rtol=1e-6, atol=1e-6)  # ΔW = 0
 
 
 def test_save_then_load_into_a_fresh_model_reproduces_outputs(adapted, tmp_path):

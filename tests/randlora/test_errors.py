@@ -19,6 +19,18 @@ from .helpers import TinyMLP
         (lambda: randlora.RandLoRAConfig(basis="gauss"), r"basis is 'gauss'; allowed values are 'uniform', 'normal', 'sparse', 'very_sparse'"),
         (lambda: randlora.RandLoRAConfig(alpha=float("nan")), r"alpha is nan"),
         (lambda: randlora.RandLoRAConfig(dropout=1.0), r"dropout is 1.0; it must be in \[0, 1\)"),
+        (lambda: randlora.RandLoRAConfig(seed=2**64), r"seed is 18446744073709551616; it must be an integer in \[0, 2\*\*64\)"),
+        (lambda: randlora.RandLoRAConfig(seed=-1), r"seed is -1; it must be an integer in \[0, 2\*\*64\)"),
+        (lambda: randlora.RandLoRAConfig(seed=1.5), r"seed is 1.5"),
+        (lambda: randlora.RandLoRAConfig(dropout="0.1"), r"dropout is '0.1'; it must be in \[0, 1\)"),
+        (lambda: randlora.LoRAConfig(dropout=None), r"LoRAConfig\.dropout is None"),
+        (lambda: randlora.RandLoRAConfig(alpha="640"), r"alpha is '640'; it must be a positive finite number"),
+        (lambda: randlora.RandLoRAConfig(alpha=True), r"alpha is True"),
+        (lambda: randlora.RandLoRAConfig(r=4.0), r"r is 4.0; it must be a positive integer"),
+        (lambda: randlora.RandLoRAConfig(n_bases=0), r"n_bases is 0; it must be a positive integer or None"),
+        (lambda: randlora.RandLoRAConfig(n_bases=2.5), r"n_bases is 2.5"),
+        (lambda: randlora.RandLoRAConfig(target_modules=5), r"target_modules is 5; it must be a module name"),
+        (lambda: randlora.AdapterConfig.from_dict(["randlora"]), r"must be a JSON object of fields, got a list"),
         (lambda: randlora.AdapterConfig.from_dict({"method": "dora"}), r"method is 'dora'; allowed values are"),
         (lambda: randlora.AdapterConfig.from_dict({"method": "lora", "rank": 4}), r"LoRAConfig has no field 'rank'"),
     ],
@@ -61,3 +73,14 @@ def test_loading_an_adapter_into_another_architecture_is_an_error(tmp_path):
     other = torch.nn.Sequential(torch.nn.Linear(3, 3))
     with pytest.raises(randlora.ConfigError):
         randlora.load_adapter(other, path)
+
+
+@pytest.mark.parametrize("action", [randlora.merge, randlora.unmerge, randlora.disable_adapters, randlora.init_adapters])
+def test_adapter_actions_on_a_model_without_adapters_are_errors(action):
+    with pytest.raises(randlora.ConfigError, match=r"model is not adapted; call randlora.adapt"):
+        action(TinyMLP())
+
+
+def test_huge_seed_passes_validation_and_makes_bases():
+    model = randlora.adapt(TinyMLP(), randlora.RandLoRAConfig(r=4, seed=2**64 - 1, target_modules=["up"]))
+    assert torch.isfinite(model.up.delta_weight()).all()

@@ -27,11 +27,19 @@ def _reference_forward(model, x):
 
 @pytest.mark.parametrize("impl,basis", IMPLS)
 @pytest.mark.parametrize("contraction", ["tokens", "materialized"])
-def test_impl_matches_float64_formula_forward_and_gradients(impl, basis, contraction):
+@pytest.mark.parametrize("n_bases", [None, 2, 6], ids=["n-full", "n2-all-capped", "n6-mid-capped"])
+def test_impl_matches_float64_formula_forward_and_gradients(impl, basis, contraction, n_bases):
+    """r = 5 on d = 19, 41, 23 gives 4, 9, 5 bases; n_bases = 2 caps every layer, 6 only the square one."""
     torch.manual_seed(1)
     model = TinyMLP().double()
-    config = randlora.RandLoRAConfig(r=5, alpha=7.0, impl=impl, basis=basis, seed=3, target_modules=TARGETS, contraction=contraction, param_dtype="model")
+    config = randlora.RandLoRAConfig(
+        r=5, alpha=7.0, impl=impl, basis=basis, seed=3, target_modules=TARGETS, contraction=contraction,
+        param_dtype="model", n_bases=n_bases,
+    )
     randlora.adapt(model, config)
+    full_rank_n = {"up": 4, "mid": 9, "down": 5}
+    expected_n = {name: n if n_bases is None else min(n, n_bases) for name, n in full_rank_n.items()}
+    assert {name: getattr(model, name).randlora_lambda.shape[1] for name in TARGETS} == expected_n
     randomize_(model, seed=2)
     x = torch.randn(3, 4, 19, dtype=torch.float64, requires_grad=True)
     y = model(x)

@@ -10,6 +10,7 @@ import copy
 
 import pytest
 import torch
+from safetensors import safe_open
 
 import randlora
 
@@ -59,3 +60,32 @@ def test_export_of_a_lora_adapter_is_refused(tmp_path):
     model = randlora.adapt(TinyMLP(), randlora.LoRAConfig(target_modules=TARGETS))
     with pytest.raises(randlora.ConfigError, match="only RandLoRA adapters export"):
         randlora.export_to_peft(model, tmp_path)
+
+
+def test_export_with_n_bases_capping_a_layer_is_refused(tmp_path):
+    model = randlora.adapt(TinyMLP(), randlora.RandLoRAConfig(r=5, n_bases=6, target_modules=TARGETS))
+    with pytest.raises(randlora.ConfigError, match=r"n_bases=6 gives layer 'mid' fewer bases than peft's ceil\(d / r\)"):
+        randlora.export_to_peft(model, tmp_path)
+
+
+def test_export_with_n_bases_capping_no_layer_loads_into_peft(tmp_path):
+    torch.manual_seed(0)
+    base = TinyMLP()
+    ours = randlora.adapt(copy.deepcopy(base), randlora.RandLoRAConfig(r=5, alpha=11.0, n_bases=9, target_modules=TARGETS))
+    randomize_(ours, seed=3, scale=0.1)
+    randlora.export_to_peft(ours, tmp_path / "peft")
+    theirs = peft.PeftModel.from_pretrained(copy.deepcopy(base), str(tmp_path / "peft"))
+    x = torch.randn(6, 19)
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(x), ours(x), rtol=1e-5, atol=1e-5)
+
+
+def test_export_holds_one_copy_of_the_bases_per_layer(tmp_path):
+    """What export_to_peft's docstring warns about: the file grows with layers × bases, not with the trainables."""
+    _, ours = _adapted_pair()
+    out = randlora.export_to_peft(ours, tmp_path / "peft")
+    with safe_open(str(out / "adapter_model.safetensors"), framework="pt") as f:
+        basis_copies = sum(k.endswith("randlora_B") for k in f.keys())
+    assert basis_copies == len(TARGETS) + 1
+    trainable_bytes = 4 * randlora.count_trainable(ours)
+    assert (out / "adapter_model.safetensors").stat().st_size > 10 * trainable_bytes

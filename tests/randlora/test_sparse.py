@@ -85,14 +85,15 @@ def test_every_order_matches_float64_formula_with_dense_engine(in_f, out_f, r, m
 @pytest.mark.parametrize("basis", ["sparse", "very_sparse"])
 @pytest.mark.parametrize("contraction", ["auto", "tokens", "materialized"])
 @pytest.mark.parametrize("accelerated", [False, True], ids=["cpu-fallback", "sparse-path"])
-def test_layer_matches_float64_formula_forward_and_gradients(basis, contraction, accelerated, monkeypatch):
+@pytest.mark.parametrize("n_bases", [None, 6])
+def test_layer_matches_float64_formula_forward_and_gradients(basis, contraction, accelerated, n_bases, monkeypatch):
     # `accelerated` forces the CUDA path's code (TernaryMatrix bases, the sparse function) onto this CPU
     monkeypatch.setattr(SparseRandLoRALinear, "accelerated", staticmethod(lambda device: accelerated))
     torch.manual_seed(1)
     model = TinyMLP().double()
     config = randlora.RandLoRAConfig(
         r=5, alpha=7.0, impl="sparse", basis=basis, seed=3, target_modules=TARGETS, contraction=contraction,
-        param_dtype="model",
+        param_dtype="model", n_bases=n_bases,
     )
     randlora.adapt(model, config)
     randomize_(model, seed=2)
