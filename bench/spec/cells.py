@@ -24,7 +24,14 @@ from bench.spec.tasks import TASKS
 INJECTIONS = ("none", "oom", "error", "nan", "hang")  # faults a grid may inject on purpose (tests, demos)
 DEVICES = ("auto", "cpu", "cuda")
 NOT_HASHED = ("timeout_s",)
-HASHED_IF_SET = {"task_args": {}, "gpus": 1, "head_lr": None, "compile_scope": "model"}  # added later: their defaults
+HASHED_IF_SET = {  # added later: at their defaults they stay out of the hash, so older cells keep theirs
+    "task_args": {}, "gpus": 1, "head_lr": None, "compile_scope": "model",
+    "lr_schedule": "constant", "lr_warmup_ratio": 0.0, "grad_clip": None, "basis_seed": None,
+}
+LR_SCHEDULES = ("constant", "cosine", "linear")
+BASIS_SEEDS = (None, "cell")
+# Method parameters the library added later, left out of the hash at their default for the same reason.
+METHOD_PARAMS_HASHED_IF_SET = {"n_bases": None}
 COMPILE_SCOPES = ("model", "blocks")
 HASH_CHARS = 12
 
@@ -65,6 +72,18 @@ def _optional_positive_number(value) -> float | None:
         return _positive_number(value)
     except FieldError:
         raise FieldError(f"is {value!r}; it must be a positive number, or null.") from None
+
+
+def _warmup_ratio(value) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 0.5:
+        raise FieldError(f"is {value!r}; it must be a number from 0 to 0.5 (the share of the steps spent warming up).")
+    return float(value)
+
+
+def _basis_seed(value):
+    if value not in BASIS_SEEDS:
+        raise FieldError(f"is {value!r}; allowed values are null (the method's own seed) and 'cell' (the cell's seed).")
+    return value
 
 
 def _boolean(value) -> bool:
@@ -192,6 +211,16 @@ FIELDS: dict[str, Field] = {
         _optional_positive_number,
         "learning rate of the trainable_modules (a head, a pooler) in every method; null: lr",
     ),
+    "lr_schedule": Field(
+        "constant",
+        _choice(lambda: LR_SCHEDULES),
+        "the rate over all warmup_steps + steps: constant, or cosine / linear decay to 0 (after lr_warmup_ratio)",
+    ),
+    "lr_warmup_ratio": Field(0.0, _warmup_ratio, "share of all steps with a linear warm-up from 0 (with lr_schedule)"),
+    "grad_clip": Field(None, _optional_positive_number, "clip the gradients' global norm to this value; null: off"),
+    "basis_seed": Field(
+        None, _basis_seed, "RandLoRA's basis seed: null: the method's `seed` (0); 'cell': the cell's seed"
+    ),
     "device": Field("auto", _choice(lambda: DEVICES), "auto: the GPU the runner assigns, else the CPU"),
     "gpus": Field(
         1, _integer(1), "GPUs of the cell: N > 1 runs N ranks under torchrun, the model sharded with FSDP2"
@@ -230,6 +259,10 @@ class Cell:
     gpus: int = 1  # ranks of the cell, one GPU each (on a CPU: processes over gloo)
     head_lr: float | None = None  # the trainable_modules' learning rate; None: lr
     compile_scope: str = "model"  # with compile: the whole model, or each repeated block
+    lr_schedule: str = "constant"  # the rate over warmup_steps + steps
+    lr_warmup_ratio: float = 0.0  # the share of those steps spent in a linear warm-up
+    grad_clip: float | None = None  # max global gradient norm; None: no clipping
+    basis_seed: str | None = None  # "cell": RandLoRA's bases from the cell's seed; None: the method's seed
 
     @property
     def task_kwargs(self) -> dict:
@@ -255,11 +288,17 @@ class Cell:
     def identity(self) -> dict:
         """The fields that define what is measured: everything but NOT_HASHED, and the fields added after cells were
         first recorded only when they differ from their default, so that older cells keep their hashes."""
-        return {
+        identity = {
             k: v
             for k, v in self.to_dict().items()
             if k not in NOT_HASHED and not (k in HASHED_IF_SET and v == HASHED_IF_SET[k])
         }
+        identity["method"] = {
+            k: v
+            for k, v in identity["method"].items()
+            if not (k in METHOD_PARAMS_HASHED_IF_SET and v == METHOD_PARAMS_HASHED_IF_SET[k])
+        }
+        return identity
 
     @property
     def hash(self) -> str:
@@ -348,6 +387,11 @@ def resolve(values: dict) -> Cell:
         raise FieldError(
             "head_lr is set but the cell trains no module in full (trainable_modules is empty); "
             "name the trainable_modules or drop head_lr."
+        )
+    if values.get("basis_seed") == "cell" and "seed" not in values["method"].kwargs:
+        raise FieldError(
+            f"basis_seed 'cell' sets the seed of random bases, and method {values['method'].name!r} has none; "
+            "drop basis_seed or use a RandLoRA method."
         )
     uses_targets = methods.METHODS[values["method"].name].uses_targets
     return Cell(

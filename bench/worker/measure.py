@@ -12,6 +12,7 @@ anything unexpected, and whatever was measured before a failure.
 
 from __future__ import annotations
 
+import math
 import statistics
 import threading
 import traceback
@@ -19,6 +20,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Callable
 
+import randlora
 import torch
 from torch import nn
 
@@ -111,18 +113,27 @@ def _inject(kind: str, loss: torch.Tensor) -> torch.Tensor:
     return loss
 
 
-def _train_step(model, optimizer, scaler, precision: Precision, task, device_type: str, inject: str, batch):
-    """One optimizer step; returns the loss, detached, still on the device (no synchronisation)."""
+def _train_step(model, optimizer, scaler, precision: Precision, task, device_type: str, inject: str, batch,
+                schedule=None, grad_clip: float | None = None):
+    """One optimizer step (gradients clipped to `grad_clip`, then the rate `schedule` moves on); returns the loss,
+    detached, still on the device (no synchronisation)."""
     with precision.autocast(device_type):
         loss = _inject(inject, task.loss(model, batch))
     if scaler is None:
         loss.backward()
+        if grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], grad_clip)
         optimizer.step()
     else:
         scaler.scale(loss).backward()
+        if grad_clip is not None:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], grad_clip)
         scaler.step(optimizer)
         scaler.update()
     optimizer.zero_grad(set_to_none=True)
+    if schedule is not None:
+        schedule.step()
     return loss.detach()
 
 
@@ -192,6 +203,32 @@ def _param_groups(model: nn.Module, head_names: set[str], lr: float, head_lr: fl
     return [g for g in ({"params": rest, "lr": lr}, {"params": head, "lr": head_lr}) if g["params"]]
 
 
+def lr_factor(schedule: str, warmup_ratio: float, total_steps: int):
+    """step -> the multiple of the base rate at that step: a linear warm-up from 0 over `warmup_ratio` of the
+    steps, then constant, or a cosine / linear decay to 0 at `total_steps`."""
+    warmup = math.ceil(warmup_ratio * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
+
+    return factor
+
+
+def _update_rank(cell: Cell, model: nn.Module, shapes: list[tuple[int, int]]) -> int:
+    """The rank ΔW can reach (the largest over the adapted layers): the library's count for its own methods,
+    the same rule applied to the targets' (out, in) shapes for peft's."""
+    name, kwargs = cell.method.name, cell.method.kwargs
+    if not name.startswith("peft-"):
+        return randlora.update_rank_of(model)
+    config = (randlora.LoRAConfig if name == "peft-lora" else randlora.RandLoRAConfig)(r=kwargs["r"])
+    return max((randlora.update_rank(config, out, inp) for out, inp in shapes), default=0)
+
+
 def _set_up(cell: Cell, device: torch.device, precision: Precision, task, train: dict) -> _Setup:
     if task.build_model is not None:  # an accuracy task's pretrained model (or its teacher and probe)
         model, info = task.build_model(cell, device, precision.param_dtype)
@@ -200,8 +237,14 @@ def _set_up(cell: Cell, device: torch.device, precision: Precision, task, train:
     base_linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     trainable = methods.resolve_modules(model, cell.trainable_modules, "trainable_modules", linear_only=False)
     targets = methods.resolve_modules(model, cell.targets, "targets", linear_only=True, exclude=trainable)
-    model = methods.METHODS[cell.method.name].adapt(model, cell.method.kwargs, targets, trainable)
+    modules = dict(model.named_modules())
+    shapes = [(modules[name].out_features, modules[name].in_features) for name in targets]
+    kwargs = cell.method.kwargs
+    if cell.basis_seed == "cell":  # the random bases vary with the seed, as the weights and batches do
+        kwargs = {**kwargs, "seed": cell.seed}
+    model = methods.METHODS[cell.method.name].adapt(model, kwargs, targets, trainable)
     model.train()
+    train["update_rank"] = _update_rank(cell, model, shapes)
     matmul_params = sum(m.weight.numel() for m in base_linears)
     trains_base = any(m.weight.requires_grad for m in base_linears)
     train["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -216,6 +259,10 @@ def _set_up(cell: Cell, device: torch.device, precision: Precision, task, train:
     if cell.compile:
         model = COMPILERS[cell.compile_scope](model)
     optimizer = torch.optim.AdamW(groups, lr=cell.lr, fused=device.type == "cuda")
+    schedule = None
+    if cell.lr_schedule != "constant" or cell.lr_warmup_ratio > 0:
+        factor = lr_factor(cell.lr_schedule, cell.lr_warmup_ratio, cell.warmup_steps + cell.steps)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     scaler = precision.make_scaler(device.type)
     next_batch = task.batches(info, cell.batch_size * cell.gpus, cell.seq_len, device, cell.seed)
     if ranks is not None:
@@ -223,7 +270,9 @@ def _set_up(cell: Cell, device: torch.device, precision: Precision, task, train:
     inject = "none" if ranks is not None and not ranks.last else cell.inject  # a lone failing rank, the hard case
 
     def step(i: int) -> torch.Tensor:
-        return _train_step(model, optimizer, scaler, precision, task, device.type, inject, next_batch(i))
+        return _train_step(
+            model, optimizer, scaler, precision, task, device.type, inject, next_batch(i), schedule, cell.grad_clip
+        )
 
     return _Setup(model, info, optimizer, next_batch, step, matmul_params, trains_base, ranks)
 

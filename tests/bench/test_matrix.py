@@ -194,3 +194,19 @@ def test_a_path_loads_a_file(write_grid):
     path = write_grid("name: mine\naxes: {method: [full]}\n")
     grid = matrix.load(str(path))
     assert (grid.name, grid.source, len(grid.cells)) == ("mine", str(path), 1)
+
+
+def test_every_committed_study_keeps_its_cell_hashes():
+    """Fields and method parameters added later stay out of the hash at their default: a committed run folder
+    still resumes, and its records still name their cells."""
+    from pathlib import Path
+
+    from bench.records.folder import RunFolder
+    from bench.spec.cells import Cell
+
+    reports = Path(__file__).resolve().parents[2] / "reports"
+    records = [r for a in reports.rglob("records.jsonl.gz") for r in RunFolder(a.parent).records().values()]
+    assert len(records) > 400
+    assert all(Cell.from_dict(r.cell).hash == r.cell_hash for r in records)
+    done = RunFolder(reports / "default-cpu").records()
+    assert {c.hash for c in matrix.load("default").cells} == set(done)
