@@ -15,8 +15,8 @@ That needs λ and γ traced with symbolic shapes too: dynamo treats an nn.Parame
 compiled a new graph until dynamo's recompile limit raised `FailOnRecompileLimitHit` (64 shapes, 11 min on a
 CPU). A model still needs a few graphs (one per dtype, orientation of the layer and contraction order), more than
 dynamo's default limit of 8 when several models share a process, hence the raised limit; should a process still
-reach it, the function warns once and runs eagerly from then on. Without autograd (evaluation, merging) it runs
-eagerly. Inside a model that is itself under `torch.compile` the eager function runs too, traced into the model's
+reach it, the function warns once and runs eagerly from then on. Without autograd (evaluation, merging) and on the
+meta device it runs eagerly. Inside a model that is itself under `torch.compile` the eager function runs too, traced into the model's
 graph (a nested compile would break that graph at every layer).
 """
 from __future__ import annotations
@@ -44,7 +44,7 @@ def compiled_randlora_linear():
     @functools.wraps(randlora_linear)
     def run(*args):
         nonlocal fell_back
-        if fell_back or not torch.is_grad_enabled():
+        if fell_back or not torch.is_grad_enabled() or args[0].is_meta:  # meta: shapes only, nothing to speed up
             return randlora_linear(*args)
         try:
             with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT, force_parameter_static_shapes=False):
