@@ -12,4 +12,4 @@ the packages needs (an fp16 MiniLM copy, the pretrained ViT).
 """
 
 # each module registers its tasks, in the order `python -m bench list tasks` shows them
-from . import trec, rotten_tomatoes, hf_text, mnist_transfer, probe  # noqa: F401, I001
+from . import trec, rotten_tomatoes, hf_text, mnist_transfer, probe, lm_shift  # noqa: F401, I001
