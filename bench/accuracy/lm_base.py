@@ -30,14 +30,14 @@ from pathlib import Path
 from . import corpus
 from .vit import DEFAULT_CACHE, _locked
 
-CONTEXT = 256  # bytes per pretraining window: the longest seq_len the task accepts
+CONTEXT = 128  # bytes per pretraining window: the longest seq_len the task accepts
 BASES = {  # LlamaConfig sizes; heads of 32 dimensions, MLP ~2.7x as in Llama
     "tiny": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64},  # tests
     "small": {"hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 352},
     "medium": {"hidden_size": 256, "num_hidden_layers": 6, "num_attention_heads": 8, "intermediate_size": 704},
 }
 RECIPE = {
-    "optimizer": "adamw", "lr": 3e-3, "betas": (0.9, 0.95), "weight_decay": 0.1, "batch_size": 32,
+    "optimizer": "adamw", "lr": 3e-3, "betas": (0.9, 0.95), "weight_decay": 0.1, "batch_size": 16,
     "context": CONTEXT, "warmup_share": 0.05, "schedule": "cosine", "grad_clip": 1.0, "v": 1,
 }  # fmt: skip
 SCORE_WINDOWS = 128  # held-out windows scored after pretraining (code, and reviews zero-shot)

@@ -36,7 +36,7 @@ ARGS = {
     "cache_dir": Arg(None, optional(text), "where the pretrained base is cached; null: ~/.cache/randlora-bench"),
     "base": Arg("small", _base, "the base's size (lm_base.BASES): tiny (tests), small (CPU), medium (GPU)"),
     "pretrain_seed": Arg(0, integer(0), "seed of the base's pretraining (not the cell's seed: one base for all)"),
-    "pretrain_steps": Arg(3000, integer(1), "steps of 32 windows of 256 code bytes in pretraining"),
+    "pretrain_steps": Arg(1200, integer(1), "steps of 16 windows of 128 code bytes in pretraining"),
     "eval_batch_size": Arg(64, integer(1), "windows per forward pass when scoring validation and test"),
     "eval_limit": Arg(None, optional(integer(1)), "score only the first N windows of validation and of test"),
 }

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fashion-mnist", metavar="DIR", help="Fashion-MNIST's IDX files (default: Debian's)")
     parser.add_argument("--lm-cache", type=Path, metavar="DIR", help="pretrain lm-shift's byte Llama into this folder")
     parser.add_argument("--lm-base", default="small", choices=BASES, help="the byte Llama's size (default %(default)s)")
-    parser.add_argument("--lm-steps", type=int, default=3000, help="its pretraining steps (default %(default)s)")
+    parser.add_argument("--lm-steps", type=int, default=1200, help="its pretraining steps (default %(default)s)")
     parser.add_argument("--lm-seed", type=int, default=0, help="its pretraining seed (default %(default)s)")
     parser.add_argument("--device", default="cpu", help="where to pretrain (default %(default)s)")
     args = parser.parse_args(argv)
