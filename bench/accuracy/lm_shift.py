@@ -1,4 +1,4 @@
-"""Language-model domain shift: a byte Llama pretrained on Python code (lm_base.py) adapted to film reviews (`lm-shift`).
+"""Language-model domain shift (`lm-shift`): a byte Llama pretrained on Python code (lm_base.py) adapted to reviews.
 
 The question it is built to ask: is LoRA's gap to full fine-tuning for lack of parameters or for lack of rank?
 Code and English prose share an alphabet but little else, so moving the base to the reviews asks much of every

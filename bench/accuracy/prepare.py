@@ -67,8 +67,9 @@ def main(argv: list[str] | None = None) -> int:
             record = json.loads((folder / "pretrain.json").read_text(encoding="utf-8"))
             print(
                 f"byte Llama: {folder} ({_size_mb(folder):.1f} MB), seed {record['seed']}, {record['steps']} steps, "
-                f"code val loss {record['code_val_loss']:.3f}, reviews zero-shot {record['reviews_val_loss_zero_shot']:.3f}"
-                f", {record['train_s']:.0f} s on {record['device']}; grids: task_args: {{cache_dir: {args.lm_cache}}}"
+                f"code val loss {record['code_val_loss']:.3f}, reviews zero-shot "
+                f"{record['reviews_val_loss_zero_shot']:.3f}, {record['train_s']:.0f} s on {record['device']}; "
+                f"grids: task_args: {{cache_dir: {args.lm_cache}}}"
             )
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
