@@ -126,3 +126,12 @@ def test_the_lm_grids_match_lora_and_randlora_counts(name):
     rand = {c.method.kwargs["r"] for c in cells if c.method.name == "randlora"}
     assert {"full"} <= {c.method.name for c in cells} and len(lora) >= 3
     assert rand == {budget.matched_randlora_rank(shapes, r) for r in lora}
+
+
+def test_the_h200_lm_grid_sweeps_four_rates_with_three_seeds_for_every_configuration():
+    rates, seeds = {}, {}
+    for cell in matrix.load("accuracy-h200-lm").cells:
+        rates.setdefault(cell.method, set()).add(cell.lr)
+        seeds.setdefault((cell.method, cell.lr), set()).add(cell.seed)
+    assert len(rates) == 15 and all(len(r) >= 4 for r in rates.values())
+    assert all(s == {0, 1, 2} for s in seeds.values())
