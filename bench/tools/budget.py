@@ -8,7 +8,8 @@ Per adapted (out, in) layer, with d = min(in, out) (RandLoRA.md):
     RandLoRA  n · (r + d), n = ceil(d / r)        (raising r lowers the count)
 The modules trained in full by every method (a head, a pooler) add the same number to every method and are
 left out. Shapes come from the model built on the meta device (no memory, no weights): a preset, or a model an
-accuracy task brings (minilm-l6 from its config.json, vit-fmnist from its recipe).
+accuracy task brings (minilm-l6 from its config.json, vit-fmnist from its recipe, byte-llama[-<base>] from
+lm_base.BASES).
 """
 
 from __future__ import annotations
@@ -41,10 +42,12 @@ def _meta_model(model: str):
     import transformers
 
     from bench.spec import presets
-    from bench.spec.tasks import minilm
-    from bench.spec.tasks import vit
+    from bench.spec.tasks import lm_base, lm_shift, minilm, vit
 
     with torch.device("meta"):
+        if model.startswith(lm_shift.MODEL):  # byte-llama (its small base) or byte-llama-<base>
+            config = transformers.LlamaConfig(**lm_base.config_kwargs(model[len(lm_shift.MODEL) + 1 :] or "small"))
+            return transformers.LlamaForCausalLM(config), lm_shift.TARGETS, lm_shift.TRAINABLE
         if model == "minilm-l6":
             config = transformers.AutoConfig.from_pretrained(str(minilm.folder(None)), num_labels=2)
             return transformers.BertForSequenceClassification(config), TEXT_TARGETS, TEXT_TRAINABLE
@@ -68,7 +71,7 @@ def target_shapes(model: str, targets: tuple[str, ...] | None = None) -> list[tu
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.tools.budget", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", help="a preset, minilm-l6 or vit-fmnist")
+    parser.add_argument("model", help="a preset, minilm-l6, vit-fmnist or byte-llama[-<base>]")
     parser.add_argument("--lora-r", type=int, nargs="+", default=[4, 8, 16], help="LoRA ranks to match")
     parser.add_argument("--targets", nargs="+", help="module names or patterns (default: the model's)")
     args = parser.parse_args(argv)

@@ -41,7 +41,9 @@ CONFIG_COLUMNS = (
 )  # fmt: skip
 DEFAULT_VAL_TEST = ("val_accuracy", "test_accuracy")
 VAL_TEST = {"full-rank-probe": ("val_output_recovered", "test_output_recovered")}  # (choose on, report)
-DETAIL_METRICS = ("test_accuracy", "test_macro_f1", "test_output_recovered", "delta_recovered", "top_r_energy")
+DETAIL_METRICS = (
+    "test_accuracy", "test_macro_f1", "test_loss", "test_output_recovered", "delta_recovered", "top_r_energy",
+)  # fmt: skip
 OUTPUT_COLUMNS = (
     *CONFIG_COLUMNS, "trainable_params", "lr", "lrs", "lr_edge", "seeds", "failed", "select_metric", "val_mean",
     "val_std", "metric", "mean", "std", "samples_per_s", "peak_allocated_bytes", "wall_s",

@@ -3,7 +3,7 @@
     python -m tests.bench.gate_runs GRID RUN_DIR [--heavier METHOD]
 
 One process for all cells (torch is imported once) keeps ten repeated runs of the CI grid affordable in a test;
-the measure itself is `bench.cell.run`, as in the cell processes `bench run` starts. `--heavier METHOD` makes
+the measure itself is `bench.worker.measure.run`, as in the cell processes `bench run` starts. `--heavier METHOD` makes
 METHOD deliberately heavier, in this process only: every frozen Linear keeps one extra weight-sized tensor for
 backward. Nothing here is reachable from `bench run`.
 """

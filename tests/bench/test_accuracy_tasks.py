@@ -30,7 +30,7 @@ def vit_cache(tmp_path_factory) -> str:
 
 
 def _adapted(cell):
-    """The task's model, adapted by the cell's method exactly as bench.cell does it, and the task's info."""
+    """The task's model, adapted by the cell's method exactly as bench.worker.measure does it, and the task's info."""
     torch.manual_seed(cell.seed)
     model, info = TASKS[cell.task].build_model(cell, torch.device("cpu"), torch.float32)
     trainable = methods.resolve_modules(model, cell.trainable_modules, "trainable_modules", linear_only=False)

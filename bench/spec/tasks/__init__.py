@@ -14,6 +14,6 @@ the packages needs (an fp16 MiniLM copy, the pretrained ViT).
 from bench.spec.tasks.base import TASKS, Task, model_loss, random_batches, register
 
 # each module registers its tasks, in the order `python -m bench list tasks` shows them
-from bench.spec.tasks import trec, rotten_tomatoes, hf_text, mnist_transfer, probe  # noqa: E402, F401, I001
+from bench.spec.tasks import trec, rotten_tomatoes, hf_text, mnist_transfer, probe, lm_shift  # noqa: E402, F401, I001
 
 __all__ = ["TASKS", "Task", "model_loss", "random_batches", "register"]
