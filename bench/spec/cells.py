@@ -152,6 +152,7 @@ class MethodSpec:
         text = self.name + (f".{kw['impl']}" if several else "")
         extras = [f"r={kw['r']}"] if "r" in kw else []
         extras += [f"basis={kw['basis']}"] if kw.get("basis", "uniform") != "uniform" else []
+        extras += [f"n_bases={kw['n_bases']}"] if kw.get("n_bases") is not None else []
         return " ".join([text, *extras])
 
 

@@ -37,7 +37,8 @@ import pandas as pd
 
 CONFIG_COLUMNS = (
     "task", "task_args", "model", "method", "impl", "r", "alpha", "basis", "precision", "batch_size", "seq_len",
-    "warmup_steps", "steps", "compile", "compile_scope", "head_lr",
+    "warmup_steps", "steps", "compile", "compile_scope", "head_lr", "n_bases", "lr_schedule", "lr_warmup_ratio",
+    "grad_clip", "basis_seed",
 )  # fmt: skip
 DEFAULT_VAL_TEST = ("val_accuracy", "test_accuracy")
 VAL_TEST = {"full-rank-probe": ("val_output_recovered", "test_output_recovered")}  # (choose on, report)
@@ -45,10 +46,10 @@ DETAIL_METRICS = (
     "test_accuracy", "test_macro_f1", "test_loss", "test_output_recovered", "delta_recovered", "top_r_energy",
 )  # fmt: skip
 OUTPUT_COLUMNS = (
-    *CONFIG_COLUMNS, "trainable_params", "lr", "lrs", "lr_edge", "seeds", "failed", "select_metric", "val_mean",
+    *CONFIG_COLUMNS, "trainable_params", "update_rank", "lr", "lrs", "lr_edge", "seeds", "failed", "select_metric", "val_mean",
     "val_std", "metric", "mean", "std", "samples_per_s", "peak_allocated_bytes", "wall_s",
 )  # fmt: skip
-COUNTS = ("trainable_params", "lrs", "seeds", "failed", "peak_allocated_bytes")  # Int64 columns
+COUNTS = ("trainable_params", "update_rank", "lrs", "seeds", "failed", "peak_allocated_bytes")  # Int64 columns
 
 
 def val_test(task: str) -> tuple[str, str]:
@@ -79,6 +80,7 @@ def _summarize_one(config: pd.DataFrame) -> dict | None:
         lr_edge=edge,
         seeds=len(chosen),
         trainable_params=round(chosen["trainable_params"].median()),
+        update_rank=chosen["update_rank"].median() if "update_rank" in chosen else math.nan,
         val_mean=chosen[select].mean(),
         val_std=_std(chosen[select]),
         mean=chosen[headline].mean() if headline in chosen else math.nan,
@@ -135,6 +137,8 @@ def _method_label(row) -> str:
     parts += [f"r={int(row.r)}"] if not _missing(row.r) else []
     parts += [f"alpha={row.alpha:g}"] if not _missing(row.alpha) else []
     parts += [f"basis={row.basis}"] if not _missing(row.basis) and row.basis != "uniform" else []
+    n_bases = getattr(row, "n_bases", None)
+    parts += [f"n_bases={int(n_bases)}"] if not _missing(n_bases) else []
     parts += [row.precision]
     head_lr = getattr(row, "head_lr", None)
     parts += [f"head_lr={head_lr:g}"] if not _missing(head_lr) else []
@@ -165,6 +169,12 @@ def main(run_dir) -> int:
     out = run_dir / "accuracy_summary.csv"
     replace_atomically(out, lambda tmp: summary.to_csv(tmp, index=False))
     print(format_table(summary))
+    from bench.views.verdict import verdicts
+
+    lines = verdicts(summary)
+    if lines:
+        print("\nthe rank question (test metric, mean over seeds at the rate chosen on validation):")
+        print("\n".join(lines))
     edge = "; * the chosen rate is an end of its sweep (widen it)" if summary["lr_edge"].fillna("").ne("").any() else ""
     print(f"\nchosen on validation, reported on test{edge}; every column: {out}")
     return 0

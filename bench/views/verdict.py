@@ -1,0 +1,110 @@
+"""The rank question, answered per task from the accuracy summary (bench/views/accuracy.py):
+
+    gap       full fine-tuning − LoRA (r ≤ 8, the largest such rank measured), test metric, mean over seeds, with
+              its standard error √(s_full²/n_full + s_lora²/n_lora); a gap counts only beyond two standard errors
+    share     at equal parameters (the RandLoRA row of full rank whose trainable count is closest to that LoRA's):
+              (RandLoRA − LoRA) / (full − LoRA), the share of the gap the full-rank update closes
+    rank      the rows that fix RandLoRA's number of bases (`n_bases`) at one budget, ordered by the rank ΔW can
+              reach: the metric at each rank, and the highest rank against the lowest (beyond two SE or not)
+    verdict   "reproduces the paper" when RandLoRA beats LoRA at equal parameters beyond two SE where a gap exists,
+              "contradicts the paper" when LoRA beats RandLoRA so, else "unresolved at this noise" (a tie, or no gap)
+
+Every number is the test metric at the learning rate chosen on validation (the summary's `mean`, `std`, `seeds`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+LORA_MAX_RANK = 8  # "LoRA falls short": the gap is measured against LoRA at r <= 8, as the question is asked
+
+
+def _se(row) -> float:
+    return float(row["std"]) / math.sqrt(row["seeds"]) if row["seeds"] and row["seeds"] > 1 else math.nan
+
+
+def _diff(a, b) -> tuple[float, float]:
+    """(a − b, its standard error)."""
+    return float(a["mean"]) - float(b["mean"]), math.sqrt(_se(a) ** 2 + _se(b) ** 2)
+
+
+def _beyond(diff: float, se: float) -> bool:
+    return not math.isnan(se) and abs(diff) > 2 * se
+
+
+def _fmt(diff: float, se: float) -> str:
+    return f"{diff:+.4f} ± {2 * se:.4f} (2 SE)"
+
+
+def task_verdict(rows: pd.DataFrame) -> list[str]:
+    """The lines for one task (the summary's rows of that task and model)."""
+    task, model = rows["task"].iloc[0], rows["model"].iloc[0]
+    ok = rows[rows["seeds"].fillna(0) > 0]
+    metric = ok["metric"].iloc[0] if len(ok) else "metric"
+    head = f"{task} ({model}, {metric})"
+    full = ok[ok["method"] == "full"]
+    lora = ok[(ok["method"] == "lora") & (ok["r"] <= LORA_MAX_RANK)]
+    has_bases = "n_bases" in ok.columns
+    rand = ok[(ok["method"] == "randlora") & (ok["n_bases"].isna() if has_bases else True)]
+    if full.empty or lora.empty:
+        return [f"{head}: no full fine-tuning or LoRA (r <= {LORA_MAX_RANK}) row; the question needs both."]
+    full_row = full.iloc[0]
+    lora_row = lora.sort_values("r").iloc[-1]
+    gap, gap_se = _diff(full_row, lora_row)
+    lines = [f"{head}: full − LoRA r{int(lora_row['r'])} = {_fmt(gap, gap_se)}"
+             + ("" if _beyond(gap, gap_se) else "  (not beyond two standard errors)")]
+    verdict = "unresolved at this noise: no gap between LoRA and full fine-tuning beyond two standard errors"
+    if not rand.empty:
+        match = rand.iloc[(rand["trainable_params"] - lora_row["trainable_params"]).abs().argsort()].iloc[0]
+        diff, diff_se = _diff(match, lora_row)
+        share = diff / gap if gap else math.nan
+        lines.append(
+            f"  RandLoRA r{int(match['r'])} ({int(match['trainable_params']):,} trainable) − LoRA "
+            f"r{int(lora_row['r'])} ({int(lora_row['trainable_params']):,}) = {_fmt(diff, diff_se)}: "
+            f"closes {share:.0%} of the gap at equal parameters"
+        )
+        if _beyond(gap, gap_se):
+            if _beyond(diff, diff_se):
+                verdict = ("reproduces the paper: at equal parameters the full-rank update recovers part of the gap"
+                           if diff > 0 else "contradicts the paper: LoRA beats RandLoRA at equal parameters")
+            else:
+                verdict = "unresolved at this noise: RandLoRA and LoRA tie at equal parameters within two standard errors"
+    lines += _rank_lines(ok, lora)
+    lines.append(f"  verdict: {verdict}")
+    return lines
+
+
+def _rank_lines(ok: pd.DataFrame, lora: pd.DataFrame) -> list[str]:
+    if "n_bases" not in ok.columns or "update_rank" not in ok.columns:
+        return []
+    lines = []
+    for n_bases, group in ok[ok["n_bases"].notna()].groupby("n_bases"):
+        group = group.sort_values("update_rank")
+        if len(group) < 2:
+            continue
+        counts = group["trainable_params"]
+        points = ", ".join(f"rank {int(r['update_rank'])}: {r['mean']:.4f} ± {r['std']:.4f}" for _, r in group.iterrows())
+        low, high = group.iloc[0], group.iloc[-1]
+        diff, se = _diff(high, low)
+        trend = ("rises" if diff > 0 else "falls") if _beyond(diff, se) else "does not move beyond two SE"
+        lines.append(
+            f"  update rank at a fixed budget (RandLoRA, n_bases {int(n_bases)}, {int(counts.min()):,}–"
+            f"{int(counts.max()):,} trainable): {points}; rank {int(high['update_rank'])} − rank "
+            f"{int(low['update_rank'])} = {_fmt(diff, se)}: accuracy {trend} with the update's rank"
+        )
+        near = lora.iloc[(lora["trainable_params"] - counts.median()).abs().argsort()]
+        if len(near):
+            row = near.iloc[0]
+            lines.append(f"  (LoRA r{int(row['r'])} at {int(row['trainable_params']):,} trainable, rank "
+                         f"{int(row['r'])}: {row['mean']:.4f} ± {row['std']:.4f})")
+    return lines
+
+
+def verdicts(summary: pd.DataFrame) -> list[str]:
+    """Every task's lines, in the summary's order."""
+    lines = []
+    for _, rows in summary.groupby(["task", "model"], sort=False):
+        lines += task_verdict(rows.reset_index(drop=True))
+    return lines
