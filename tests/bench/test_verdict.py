@@ -1,0 +1,40 @@
+"""The rank question's verdict lines: a gap beyond two standard errors, the share RandLoRA closes at equal
+parameters, and accuracy against the update's rank at a fixed budget."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from bench.views.verdict import verdicts
+
+
+def _row(method, r, trainable, mean, std=0.002, seeds=3, n_bases=None, update_rank=None):
+    return {"task": "t", "model": "m", "method": method, "r": r, "trainable_params": trainable, "mean": mean,
+            "std": std, "seeds": seeds, "metric": "test_accuracy", "n_bases": n_bases, "update_rank": update_rank}
+
+
+def _summary(randlora_mean: float, full_mean: float = 0.90) -> pd.DataFrame:
+    return pd.DataFrame([
+        _row("lora", 8, 1000, 0.80), _row("randlora", 6, 1040, randlora_mean), _row("full", None, 50000, full_mean),
+        _row("randlora", 4, 500, 0.81, n_bases=4, update_rank=16), _row("randlora", 32, 600, 0.85, n_bases=4,
+                                                                          update_rank=128),
+    ])  # fmt: skip
+
+
+def test_a_full_rank_win_at_equal_parameters_reproduces_the_paper():
+    lines = verdicts(_summary(randlora_mean=0.85))
+    assert lines[0].startswith("t (m, test_accuracy): full − LoRA r8 = +0.1000")
+    assert "closes 50% of the gap" in lines[1]
+    assert lines[-1] == "  verdict: reproduces the paper: at equal parameters the full-rank update recovers part of the gap"
+    assert any("accuracy rises with the update's rank" in line for line in lines)
+
+
+def test_a_tie_is_unresolved_and_a_loss_contradicts():
+    assert "unresolved at this noise: RandLoRA and LoRA tie" in verdicts(_summary(randlora_mean=0.801))[-1]
+    assert "contradicts the paper" in verdicts(_summary(randlora_mean=0.70))[-1]
+
+
+def test_no_gap_means_the_question_cannot_be_asked():
+    lines = verdicts(_summary(randlora_mean=0.85, full_mean=0.801))
+    assert "(not beyond two standard errors)" in lines[0]
+    assert "no gap between LoRA and full fine-tuning" in lines[-1]
