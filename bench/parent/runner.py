@@ -147,7 +147,7 @@ class Runner:
             try:
                 with progress:
                     self._progress = progress
-                    self.options.launcher.schedule(self.groups(todo), self.slots, run_group)
+                    self.options.launcher.schedule(self.groups(todo), self.slots, run_group, self.stop)
             except KeyboardInterrupt:
                 self._stopping.set()
                 self._write_table()

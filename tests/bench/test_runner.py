@@ -74,7 +74,7 @@ def test_every_status_is_recorded_and_the_run_goes_on(tmp_path, no_cuda_in_paren
     assert "Traceback" in records["error1"].traceback and "Traceback" in records["oom1"].traceback
     assert records["nan1"].reason == "the loss is nan at warm-up step 1 of 1"
     assert records["hang1"].reason == "no result after 6 s; the cell's processes were killed"
-    assert records["none1"].train["tokens_per_s"] > 0 and records["none1"]["env"]["git_commit"] is not None
+    assert records["none1"].train["tokens_per_s"] > 0 and records["none1"].env["git_commit"] is not None
     assert not Path(records["oom2"].run["log"]).exists()  # skipped without a process
     assert summary.exit_code == 1 and summary.counts == {
         "oom": 1,
@@ -329,3 +329,21 @@ def test_a_process_gone_on_the_second_look_does_not_make_the_gpu_busy(monkeypatc
     monkeypatch.setattr(runner, "BUSY_RECHECK_S", 0.0)
     assert runner._other_processes(Slot((GPUS[0],))) == []
     assert runner._other_processes(Slot()) == []
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_records_no_error_for_the_cells_it_stopped(tmp_path, write_grid):
+    """Ctrl-C (SIGINT) stops the run: the cell it killed stays unfinished (no record), for --resume, instead of
+    being recorded as an error that --resume would keep."""
+    path = write_grid(f"defaults: {TINY_DEFAULTS}\ninclude: [{{inject: hang, timeout_s: 600}}]\n")
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "bench", "run", "--matrix", str(path), "--run-dir", str(run_dir)]
+    harness = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not list((run_dir / "specs").glob("*.json")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(2)  # the cell's process is up and hanging
+    harness.send_signal(signal.SIGINT)
+    output, _ = harness.communicate(timeout=120)
+    assert harness.returncode == 130, output
+    assert not list((run_dir / "cells").glob("*.json")), output

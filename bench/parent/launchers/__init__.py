@@ -67,9 +67,9 @@ class Launcher(Protocol):
     name: str
     cells_per_gpu: int  # cells that may share one GPU (recorded with every cell)
 
-    def schedule(self, groups: list[list[Cell]], slots: list[Slot], run_group: RunGroup) -> None:
-        """Run every group through `run_group(group, slot)`; return when all are done. On KeyboardInterrupt,
-        `stop()` and re-raise."""
+    def schedule(self, groups: list[list[Cell]], slots: list[Slot], run_group: RunGroup, stop: Callable[[], None]) -> None:
+        """Run every group through `run_group(group, slot)`; return when all are done. On KeyboardInterrupt, call
+        `stop` (the caller's: it marks the run as stopping, then ends what runs) and re-raise."""
 
     def execute(self, cell: Cell, spec_path: Path, log_path: Path, slot: Slot, work_dir: Path) -> Outcome:
         """Run the cell's process on `slot`, its output to `log_path`, to its end or timeout; the launcher may

@@ -23,7 +23,7 @@ import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import psutil
 
@@ -49,7 +49,9 @@ class LocalLauncher:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
 
-    def schedule(self, groups: list[list[Cell]], slots: list[Slot], run_group: RunGroup) -> None:
+    def schedule(
+        self, groups: list[list[Cell]], slots: list[Slot], run_group: RunGroup, stop: Callable[[], None]
+    ) -> None:
         pool = _Pool([slot.gpu for slot in slots] * self.cells_per_gpu)
         with ThreadPoolExecutor(pool.size, thread_name_prefix="slot") as threads:
             futures = []
@@ -61,7 +63,7 @@ class LocalLauncher:
                     futures.append(threads.submit(self._run_group, run_group, group, slot, pool))
                 wait(futures)
             except KeyboardInterrupt:
-                self.stop()
+                stop()  # the runner's: cells killed from here on stay unfinished, for --resume
                 raise
             for future in futures:
                 future.result()

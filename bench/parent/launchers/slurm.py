@@ -19,7 +19,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from bench.parent.launchers import Outcome, RunGroup, Slot
 from bench.parent.launchers.local import run_process
@@ -40,14 +40,16 @@ class SlurmLauncher:
 
     cells_per_gpu = 1  # a job holds its GPUs alone
 
-    def schedule(self, groups: list[list[Cell]], slots: list[Slot], run_group: RunGroup) -> None:
+    def schedule(
+        self, groups: list[list[Cell]], slots: list[Slot], run_group: RunGroup, stop: Callable[[], None]
+    ) -> None:
         slot = Slot(where="slurm")
         with ThreadPoolExecutor(self.config.max_jobs, thread_name_prefix="slurm") as threads:
             futures = [threads.submit(run_group, group, slot) for group in groups]
             try:
                 wait(futures)
             except KeyboardInterrupt:
-                self.stop()
+                stop()  # the runner's: cells killed from here on stay unfinished, for --resume
                 raise
             for future in futures:
                 future.result()
