@@ -33,7 +33,12 @@ from bench.spec.slurm import SlurmConfig, SlurmFieldError
 from bench.core.yamlfile import Source
 
 TOP_LEVEL = ("name", "description", "defaults", "axes", "include", "exclude", "slurm")
-NAME = re.compile(r"[A-Za-z0-9._-]+")
+NAME = re.compile(r"[A-Za-z0-9._-]+")  # one path component under runs/ ('.' and '..' refused on their own)
+
+
+def is_run_name(name: str) -> bool:
+    """Whether `name` can name a run folder runs/<name>: one path component that stays inside runs/."""
+    return bool(NAME.fullmatch(name)) and name not in (".", "..")
 
 
 @dataclass(frozen=True)
@@ -77,9 +82,10 @@ def parse(source: Source, default_name: str) -> Grid:
     for key in ("name", "description"):
         if key in data and not isinstance(data[key], str):
             raise source.error((key,), f"is {data[key]!r}; it must be a string.")
-    if "name" in data and not NAME.fullmatch(data["name"]):
+    if "name" in data and not is_run_name(data["name"]):
         raise source.error(
-            ("name",), f"is {data['name']!r}; it names the run folder, so use letters, digits, '.', '_', '-'."
+            ("name",),
+            f"is {data['name']!r}; it names the run folder, so use letters, digits, '.', '_', '-' (not '.' or '..').",
         )
     if "axes" not in data and "include" not in data:
         raise source.error((), "the grid defines no cells; add 'axes' or 'include'.")
