@@ -99,3 +99,15 @@ def test_scientific_notation_without_a_dot_is_a_number(tmp_path):
 
     (cell,) = grids.load(str(grid)).cells
     assert (cell.lr, cell.timeout_s) == (1e-4, 1e308)
+
+
+@pytest.mark.parametrize(
+    "field, value, allowed", [("seed", 2**70, "0 to 4294967295"), ("seed", -1, "0 to 4294967295"), ("gpus", 1_000_000, "1 to 64")]
+)
+def test_an_integer_out_of_its_range_is_refused_where_the_grid_is_read(
+    capsys, monkeypatch, tmp_path, field, value, allowed
+):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(GRID + f"axes: {{{field}: [0, {value}]}}\n".replace("[0, ", "[1, "))
+    line = refused(capsys, monkeypatch, tmp_path, "run", "--matrix", str(grid), "--dry-run")
+    assert f"{str(grid)}, line 3: axes.{field}[1] is {value}" in line and allowed in line
