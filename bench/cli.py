@@ -235,6 +235,8 @@ def _run(args) -> int:
             "'-'; pass --name NAME or --run-dir DIR."
         )
     run_dir = args.run_dir or Path("runs") / name
+    if grid.duplicates:
+        print(f"note: {grid.duplicates} duplicate cells merged (combinations of {grid.source} that resolve to one cell)")
     if args.dry_run:
         return _dry_run(grid, run_dir, args.only)
     options = RunOptions(

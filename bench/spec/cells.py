@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
@@ -102,6 +103,11 @@ def _patterns(value) -> tuple[str, ...] | None:
         raise FieldError(
             f"is {value!r}; it must be a non-empty list of module names or patterns, or null for the model's default."
         )
+    for pattern in value:
+        try:
+            re.compile(pattern)
+        except re.error as exc:  # randlora would refuse it only inside the cell's process
+            raise FieldError(f"holds {pattern!r}, which is not a valid regular expression ({exc}); fix or escape it.")
     return tuple(value)
 
 

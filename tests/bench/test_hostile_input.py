@@ -111,3 +111,18 @@ def test_an_integer_out_of_its_range_is_refused_where_the_grid_is_read(
     grid.write_text(GRID + f"axes: {{{field}: [0, {value}]}}\n".replace("[0, ", "[1, "))
     line = refused(capsys, monkeypatch, tmp_path, "run", "--matrix", str(grid), "--dry-run")
     assert f"{str(grid)}, line 3: axes.{field}[1] is {value}" in line and allowed in line
+
+
+def test_duplicate_cells_are_merged_with_a_note(capsys, tmp_path):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(GRID + "axes: {lr: [0.001, 1.0e-3, 1e-3]}\n")
+    assert cli.main(["run", "--matrix", str(grid), "--run-dir", str(tmp_path / "run"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "note: 2 duplicate cells merged" in out and "2 cells from" in out  # {} and lr 0.001, written three ways
+
+
+def test_a_bad_regular_expression_in_targets_is_refused_where_the_grid_is_read(capsys, monkeypatch, tmp_path):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(GRID + "axes: {targets: [['q_proj', 'layers.(']]}\n")
+    line = refused(capsys, monkeypatch, tmp_path, "run", "--matrix", str(grid), "--dry-run")
+    assert "'layers.('" in line and "regular expression" in line and "line 3" in line
