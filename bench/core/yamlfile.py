@@ -160,5 +160,13 @@ def dotted(at: Location) -> str:
     """("axes", "method", 2, "impl") -> 'axes.method[2].impl'."""
     text = ""
     for part in at:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif not _PLAIN_KEY.fullmatch(str(part)):  # a key with a newline or a quote is written as Python would
+            text += f"[{str(part)!r}]"
+        else:
+            text += f".{part}" if text else str(part)
     return text
+
+
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")
