@@ -88,3 +88,14 @@ def test_a_dry_run_names_a_damaged_cell_file_and_a_resume_sets_it_aside(capsys, 
     runner.run()
     assert not bad.exists() and bad.with_name(bad.name + ".unreadable").exists()
     assert "set aside" in capsys.readouterr().out
+
+
+def test_a_second_run_into_a_folder_in_use_is_one_sentence_and_exit_2(capsys, tmp_path):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("defaults: {model: tiny-llama, steps: 1, warmup_steps: 1, batch_size: 1, seq_len: 8}\n"
+                    "include: [{}]\n")  # fmt: skip
+    run_dir = tmp_path / "run"
+    with RunFolder(run_dir).lock():  # the first `bench run`, holding the folder (flock: another open file)
+        code, _, err = run_cli(capsys, "run", "--matrix", grid, "--run-dir", run_dir)
+    assert code == 2 and err.startswith("error: run folder") and "in use" in err and len(err.splitlines()) == 1
+    assert sorted(p.name for p in run_dir.iterdir()) == [".lock"]
