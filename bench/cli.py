@@ -222,8 +222,21 @@ def _run(args) -> int:
     from bench.parent.runner import Runner, RunOptions
     from bench.spec import grid as grids
 
+    if args.name is not None and not grids.is_run_name(args.name):
+        raise BenchError(
+            f"--name {args.name!r} is not a run name; use letters, digits, '.', '_', '-' (not '.' or '..'), "
+            "or give the folder itself with --run-dir."
+        )
     grid = grids.load(args.matrix)
-    run_dir = args.run_dir or Path("runs") / (args.name or grid.name)
+    name = args.name or grid.name
+    if args.run_dir is None and not grids.is_run_name(name):
+        raise BenchError(
+            f"the run name {name!r} (from {grid.source}) is not one path component of letters, digits, '.', '_', "
+            "'-'; pass --name NAME or --run-dir DIR."
+        )
+    run_dir = args.run_dir or Path("runs") / name
+    if grid.duplicates:
+        print(f"note: {grid.duplicates} duplicate cells merged (combinations of {grid.source} that resolve to one cell)")
     if args.dry_run:
         return _dry_run(grid, run_dir, args.only)
     options = RunOptions(

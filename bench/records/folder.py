@@ -90,12 +90,12 @@ class RunFolder:
             raise UnreadableFile(f"{self.archive} cannot be read ({str(exc)[:200]}); restore it from git.") from None
         return records
 
-    def records(self, warn=sys.stderr) -> dict[str, Record]:
-        """Every readable record, by hash; each unreadable file is named in one warning line on `warn`."""
+    def records(self, warn: bool = True) -> dict[str, Record]:
+        """Every readable record, by hash; with `warn`, each unreadable file is named in one warning line on
+        stderr (the stderr of the moment, not of import time)."""
         records, unreadable = self.scan()
-        for reason in unreadable.values():
-            if warn is not None:
-                print(f"warning: skipped {reason}", file=warn)
+        for reason in unreadable.values() if warn else ():
+            print(f"warning: skipped {reason}", file=sys.stderr)
         return records
 
     def set_aside(self, path: Path) -> Path:

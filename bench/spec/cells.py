@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
@@ -24,6 +25,8 @@ from bench.spec.tasks import TASKS
 INJECTIONS = ("none", "oom", "error", "nan", "hang")  # faults a grid may inject on purpose (tests, demos)
 DEVICES = ("auto", "cpu", "cuda")
 NOT_HASHED = ("timeout_s",)
+MAX_SEED = 2**32 - 1
+MAX_GPUS = 64  # ranks of one cell: more is a typo, and on a CPU each would be a process
 HASHED_IF_SET = {  # added later: at their defaults they stay out of the hash, so older cells keep theirs
     "task_args": {}, "gpus": 1, "head_lr": None, "compile_scope": "model",
     "lr_schedule": "constant", "lr_warmup_ratio": 0.0, "grad_clip": None, "basis_seed": None,
@@ -50,10 +53,11 @@ def _choice(allowed: Callable[[], tuple]) -> Callable[[Any], Any]:
     return check
 
 
-def _integer(minimum: int) -> Callable[[Any], int]:
+def _integer(minimum: int, maximum: int | None = None) -> Callable[[Any], int]:
     def check(value):
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise FieldError(f"is {value!r}; it must be an integer >= {minimum}.")
+        allowed = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum or value > (maximum or value):
+            raise FieldError(f"is {value!r}; it must be an integer {allowed}.")
         return value
 
     return check
@@ -99,6 +103,11 @@ def _patterns(value) -> tuple[str, ...] | None:
         raise FieldError(
             f"is {value!r}; it must be a non-empty list of module names or patterns, or null for the model's default."
         )
+    for pattern in value:
+        try:
+            re.compile(pattern)
+        except re.error as exc:  # randlora would refuse it only inside the cell's process
+            raise FieldError(f"holds {pattern!r}, which is not a valid regular expression ({exc}); fix or escape it.")
     return tuple(value)
 
 
@@ -192,7 +201,8 @@ FIELDS: dict[str, Field] = {
     "seq_len": Field(128, _integer(1), "tokens per sample (image models: fixed by the preset)"),
     "warmup_steps": Field(3, _integer(1), "steps before timing starts; the first one is reported as first_step_s"),
     "steps": Field(8, _integer(1), "timed steps"),
-    "seed": Field(0, _integer(0), "seeds the weights and the batches"),
+    # < 2**32: tasks derive generator seeds as seed * 1_000_003 + i, which torch.manual_seed takes below 2**64
+    "seed": Field(0, _integer(0, MAX_SEED), "seeds the weights and the batches"),
     "task": Field("throughput", _choice(lambda: tuple(TASKS)), "what the cell trains on"),
     "task_args": Field({}, _task_args, "the task's own arguments (bench/README.md); checked by the task"),
     "compile": Field(False, _boolean, "torch.compile the whole model (what a user would try first)"),
@@ -224,7 +234,7 @@ FIELDS: dict[str, Field] = {
     ),
     "device": Field("auto", _choice(lambda: DEVICES), "auto: the GPU the runner assigns, else the CPU"),
     "gpus": Field(
-        1, _integer(1), "GPUs of the cell: N > 1 runs N ranks under torchrun, the model sharded with FSDP2"
+        1, _integer(1, MAX_GPUS), "GPUs of the cell: N > 1 runs N ranks under torchrun, the model sharded with FSDP2"
     ),
     "trust_remote_code": Field(False, _boolean, "for hf: models only; runs code from the model's repository"),
     "inject": Field(

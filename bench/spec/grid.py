@@ -33,7 +33,12 @@ from bench.spec.slurm import SlurmConfig, SlurmFieldError
 from bench.core.yamlfile import Source
 
 TOP_LEVEL = ("name", "description", "defaults", "axes", "include", "exclude", "slurm")
-NAME = re.compile(r"[A-Za-z0-9._-]+")
+NAME = re.compile(r"[A-Za-z0-9._-]+")  # one path component under runs/ ('.' and '..' refused on their own)
+
+
+def is_run_name(name: str) -> bool:
+    """Whether `name` can name a run folder runs/<name>: one path component that stays inside runs/."""
+    return bool(NAME.fullmatch(name)) and name not in (".", "..")
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,7 @@ class Grid:
     text: str  # the YAML as read, copied into the run folder
     cells: tuple[Cell, ...]
     slurm: SlurmConfig = SlurmConfig()  # the `slurm:` section (frozen, so one default serves every grid)
+    duplicates: int = 0  # combinations that resolved to a cell already listed (merged into it)
 
 
 def embedded_grids() -> list[str]:
@@ -77,9 +83,10 @@ def parse(source: Source, default_name: str) -> Grid:
     for key in ("name", "description"):
         if key in data and not isinstance(data[key], str):
             raise source.error((key,), f"is {data[key]!r}; it must be a string.")
-    if "name" in data and not NAME.fullmatch(data["name"]):
+    if "name" in data and not is_run_name(data["name"]):
         raise source.error(
-            ("name",), f"is {data['name']!r}; it names the run folder, so use letters, digits, '.', '_', '-'."
+            ("name",),
+            f"is {data['name']!r}; it names the run folder, so use letters, digits, '.', '_', '-' (not '.' or '..').",
         )
     if "axes" not in data and "include" not in data:
         raise source.error((), "the grid defines no cells; add 'axes' or 'include'.")
@@ -91,18 +98,20 @@ def parse(source: Source, default_name: str) -> Grid:
         for i, rule in enumerate(_list(source, data.get("exclude"), ("exclude",)))
     ]
     cells: dict[str, Cell] = {}
+    duplicates = 0
     if "axes" in data:
         axes = _checked_values(source, data["axes"], ("axes",), alternatives=True)
         for combo in _product(axes):
             if not any(_matches(combo, rule) for rule in excludes):
-                _add(cells, source, ("axes",), {**defaults, **combo})
+                duplicates += not _add(cells, source, ("axes",), {**defaults, **combo})
     for i, rule in enumerate(_list(source, data.get("include"), ("include",))):
         for combo in _product(_checked_values(source, rule, ("include", i), alternatives=True)):
-            _add(cells, source, ("include", i), {**defaults, **combo})
+            duplicates += not _add(cells, source, ("include", i), {**defaults, **combo})
     if not cells:
         raise source.error((), "the grid defines no cells (every combination is excluded).")
     name, description = data.get("name", default_name), data.get("description", "")
-    return Grid(name, description, source.name, source.text, tuple(cells.values()), _slurm(source, data.get("slurm")))
+    slurm = _slurm(source, data.get("slurm"))
+    return Grid(name, description, source.name, source.text, tuple(cells.values()), slurm, duplicates)
 
 
 def _slurm(source: Source, section) -> SlurmConfig:
@@ -182,9 +191,10 @@ def _equal(value, option) -> bool:
     return value == option
 
 
-def _add(cells: dict[str, Cell], source: Source, at: tuple, values: dict) -> None:
+def _add(cells: dict[str, Cell], source: Source, at: tuple, values: dict) -> bool:
+    """Add the cell of `values`; False when an equal cell is already there (the two are one)."""
     try:
         cell = resolve(values)
     except FieldError as exc:
         raise source.error(at, f"holds a cell where {exc}") from None
-    cells.setdefault(cell.hash, cell)
+    return cells.setdefault(cell.hash, cell) is cell

@@ -136,5 +136,5 @@ def test_one_gpu_keeps_the_hash_cells_had_before_the_field_and_more_gpus_change_
 
 
 def test_a_cell_asks_for_at_least_one_gpu():
-    with pytest.raises(BenchError, match=r"^grid.yaml, line 1: defaults.gpus is 0; it must be an integer >= 1.$"):
+    with pytest.raises(BenchError, match=r"^grid.yaml, line 1: defaults.gpus is 0; it must be an integer from 1 to 64.$"):
         grid_from_text("defaults: {gpus: 0}\naxes: {method: [lora]}\n")

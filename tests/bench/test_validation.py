@@ -201,7 +201,8 @@ def test_exclusive_modes_are_refused_by_the_parser(capsys):
 
 def test_a_grid_name_must_be_a_folder_name():
     assert error_of("name: ../elsewhere\naxes: {method: [full]}\n") == (
-        "grid.yaml, line 1: name is '../elsewhere'; it names the run folder, so use letters, digits, '.', '_', '-'."
+        "grid.yaml, line 1: name is '../elsewhere'; it names the run folder, so use letters, digits, '.', '_', '-' "
+        "(not '.' or '..')."
     )
 
 

@@ -172,7 +172,13 @@ def ratio_to(frame: pd.DataFrame, value: str, methods: tuple[str, ...]) -> tuple
 def model_order(frame: pd.DataFrame) -> list[str]:
     """Models by size (their largest total_params), unknown sizes last, then by name."""
     sizes = frame.groupby("model")["total_params"].max()
-    return sorted(frame["model"].dropna().unique(), key=lambda m: (pd.isna(sizes.get(m)), sizes.get(m) or 0, m))
+
+    def key(model: str) -> tuple:
+        size = sizes.get(model)
+        known = size is not None and not pd.isna(size)  # a model whose every cell failed early has no size
+        return (not known, int(size) if known else 0, model)
+
+    return sorted(frame["model"].dropna().unique(), key=key)
 
 
 def common_batch(rows: pd.DataFrame) -> int | None:
