@@ -1,4 +1,4 @@
-"""`python -m bench {run,report,check,accuracy,env,list}`: the command line of the harness."""
+"""`python -m bench {run,report,check,compare,accuracy,env,list}`: the command line of the harness."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ throughput, memory and its environment as one JSON file, then a parquet/CSV tabl
   python -m bench env                           # the hardware and software this machine offers
   python -m bench report runs/a runs/b -o report.html   # one offline HTML report of several runs
   python -m bench check [RUN_DIR ...]           # peak memory per cell against bench/baselines/
+  python -m bench compare runs/a runs/b         # per cell: throughput, memory, accuracy changed beyond noise?
   python -m bench accuracy RUN_DIR              # accuracy tasks: mean ± std over seeds at the best lr
 """
 
@@ -46,7 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{run,report,check,accuracy,env,list}")
+    metavar = "{run,report,check,compare,accuracy,env,list}"
+    commands = parser.add_subparsers(dest="command", required=True, metavar=metavar)
 
     run = commands.add_parser(
         "run",
@@ -106,6 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     env.add_argument("--json", action="store_true", help="as JSON")
 
     _add_report_and_check(commands)
+    _add_compare(commands)
     accuracy = commands.add_parser(
         "accuracy",
         help="accuracy per task and method: mean ± std over seeds at the lr chosen on validation",
@@ -183,6 +186,44 @@ def _add_report_and_check(commands) -> None:
         action="store_true",
         help="rewrite the baselines of the run's device classes from this run, on purpose",
     )
+
+
+COMPARE_EPILOG = """\
+cells are matched by their hash; cells on one side only are listed as new / missing and pass.
+noise: a throughput change counts only beyond max(--threshold, (p90 - p10) / median of either side's step times);
+  memory (peak_allocated_bytes on a GPU, counted bytes on a CPU) and accuracy count beyond --threshold.
+exit codes: 0 no regression, 1 a cell regressed (or ran ok in BASE and failed in NEW), 2 bad input.
+"""
+
+
+def _add_compare(commands) -> None:
+    from bench.views.compare import METRICS
+
+    compare = commands.add_parser(
+        "compare",
+        help="per cell, what changed between a baseline run and new runs, beyond each cell's noise",
+        epilog=COMPARE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Compare the cells of each NEW run folder with the same cells of BASE.",
+    )
+    compare.add_argument("base", type=Path, metavar="BASE", help="the baseline run folder")
+    compare.add_argument("new", nargs="+", type=Path, metavar="NEW", help="run folders compared with BASE, each alone")
+    compare.add_argument(
+        "--threshold", type=float, default=0.05, help="smallest relative change that counts (default: %(default)s)"
+    )
+    compare.add_argument(
+        "--metric",
+        nargs="+",
+        choices=METRICS,
+        metavar="METRIC",
+        help=f"what to compare, any of {', '.join(METRICS)} (default: all)",
+    )
+
+
+def _compare(args) -> int:
+    from bench.views import compare
+
+    return compare.main(args.base, args.new, args.threshold, args.metric)
 
 
 def _report(args) -> int:
@@ -329,7 +370,15 @@ def _list(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        commands = {"run": _run, "report": _report, "check": _check, "env": _env, "list": _list, "accuracy": _accuracy}
+        commands = {
+            "run": _run,
+            "report": _report,
+            "check": _check,
+            "compare": _compare,
+            "env": _env,
+            "list": _list,
+            "accuracy": _accuracy,
+        }
         return commands[args.command](args)
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
