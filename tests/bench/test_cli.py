@@ -18,7 +18,7 @@ def run_cli(capsys, *argv: str) -> tuple[int, str]:
 def test_help_names_the_commands_and_the_main_command(capsys):
     code, out = run_cli(capsys, "--help")
     assert code == 0
-    assert "{run,report,check,accuracy,env,list}" in out and "python -m bench run --matrix default" in out
+    assert "{run,report,check,compare,accuracy,env,list}" in out and "python -m bench run --matrix default" in out
 
 
 def test_run_help_explains_statuses_injection_and_exit_codes(capsys):
