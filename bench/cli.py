@@ -131,6 +131,8 @@ measure: max_memory_allocated on a GPU; on a CPU, parameters + gradients + optim
   backward, counted (the same on every run). Baselines: bench/baselines/<device class>.json, cells keyed by
   their memory-relevant fields. The gate fails closed: a device class without a baseline (unless
   --allow-missing), a baseline without cells, or a run sharing no cell with its baseline exits 1.
+throughput (opt-in): --throughput --against RUN_DIR also compares each cell's tokens/s with the same cell of RUN_DIR;
+  a slowdown counts beyond max(--throughput-threshold, either cell's (p90 - p10) / median step time).
 exit codes: 0 no regression, 1 a cell regressed, ran out of memory or was not measured, 2 bad input.
 """
 
@@ -181,6 +183,20 @@ def _add_report_and_check(commands) -> None:
     )
     check.add_argument("--rtol", type=float, help="relative tolerance (default: the baseline's)")
     check.add_argument("--atol-bytes", type=int, help="absolute tolerance in bytes (default: the baseline's)")
+    check.add_argument(
+        "--throughput",
+        action="store_true",
+        help="also gate tokens/s per cell against the run given with --against, beyond each cell's step-time spread "
+        "(bench compare's rule; memory stays the default gate)",
+    )
+    check.add_argument("--against", type=Path, metavar="RUN_DIR", help="the baseline run of --throughput")
+    check.add_argument(
+        "--throughput-threshold",
+        type=float,
+        default=0.05,
+        metavar="REL",
+        help="with --throughput: smallest relative slowdown that counts (default: %(default)s)",
+    )
     check.add_argument(
         "--update-baseline",
         action="store_true",
@@ -236,8 +252,14 @@ def _report(args) -> int:
 def _check(args) -> int:
     from bench.views import check
 
+    if args.throughput != bool(args.against):
+        raise BenchError("--throughput and --against RUN_DIR go together: --against names the run whose tokens/s "
+                         "is the baseline.")
     run_dirs = args.run_dirs or [_run_ci_grid(check.CI_GRID)]
-    return check.main(run_dirs, args.baselines, args.rtol, args.atol_bytes, args.update_baseline, args.allow_missing)
+    code = check.main(run_dirs, args.baselines, args.rtol, args.atol_bytes, args.update_baseline, args.allow_missing)
+    if args.throughput and not args.update_baseline:
+        code = max(code, check.throughput(run_dirs, args.against, args.throughput_threshold))
+    return code
 
 
 def _run_ci_grid(name: str) -> Path:

@@ -115,3 +115,16 @@ def test_compare_exits_2_on_a_folder_that_is_not_a_run_or_runs_that_share_no_cel
     other = write_run(tmp_path / "other", [cell_record(machine, gpu, method=METHODS["lora"], batch_size=9)])
     assert cli.main(["compare", str(run), str(other)]) == 2
     assert "shares no cell" in capsys.readouterr().err
+
+
+def test_check_throughput_gates_tokens_per_s_against_a_run_beside_the_memory_gate(tmp_path, capsys):
+    run = small_run(tmp_path / "base")
+    slow = slowed_copy(run, tmp_path / "slow")
+    baselines = tmp_path / "baselines"
+    baselines.mkdir()  # no H200 baseline: the memory gate passes with --allow-missing, throughput decides
+    gate = ["check", "--allow-missing", "--baselines", str(baselines), "--throughput", "--against", str(run)]
+    assert cli.main([*gate[:-3], str(run), *gate[-3:]]) == 0
+    assert cli.main([*gate[:-3], str(slow), *gate[-3:]]) == 1
+    assert "REGRESSION: 6 regression" in capsys.readouterr().out
+    assert cli.main(["check", str(slow), "--throughput"]) == 2
+    assert "--throughput and --against RUN_DIR go together" in capsys.readouterr().err
