@@ -304,10 +304,53 @@ def _run(args) -> int:
     except KeyboardInterrupt:
         print(f"interrupted; finished cells are kept in {run_dir}: continue with --resume", file=sys.stderr)
         return 130
+    _cell_table(grid, run_dir, args.only)
     counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.counts.items())) or "nothing to run"
     kept = f"; {summary.kept} finished cells kept" if summary.kept else ""
     print(f"{counts}{kept}. Results: {summary.table or run_dir}")
     return summary.exit_code
+
+
+def _cell_table(grid, run_dir: Path, only: list[str] | None) -> None:
+    """The grid's cells (those --only picks) as they stand in the run folder: status, tokens/s and peak memory."""
+    from bench.parent.runner import selects
+    from bench.records.folder import RunFolder
+    from bench.views.compare import value
+
+    done = RunFolder(run_dir).records(warn=None)
+    rows = [("status", "tokens/s", "peak memory", "cell")]
+    for cell in grid.cells:
+        if only and not selects(cell, tuple(only)):
+            continue
+        record = done.get(cell.hash)
+        if record is None:
+            rows.append(("-", "-", "-", cell.label()))
+            continue
+        tokens, memory = value(record, "tokens_per_s"), value(record, "memory")
+        rows.append(
+            (
+                record.status,
+                f"{tokens:,.0f}" if tokens is not None else "-",
+                f"{memory / 2**30:.2f} GiB" if memory is not None else "-",
+                record.label,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for status, tokens, memory, label in rows:
+        print(f"{status:<{widths[0]}}  {tokens:>{widths[1]}}  {memory:>{widths[2]}}  {label}")
+
+
+def _estimate(done: dict, to_run: int) -> str:
+    """'; ~N cells × M s (median wall time of the K finished cells here) ≈ T' from this folder's records, or ''."""
+    import statistics
+
+    walls = [r.run.get("wall_s") for r in done.values() if isinstance(r.run.get("wall_s"), (int, float))]
+    if not walls or not to_run:
+        return ""
+    each = statistics.median(walls)
+    total = each * to_run
+    said = f"{total / 3600:.1f} h" if total >= 3600 else f"{total / 60:.0f} min" if total >= 60 else f"{total:.0f} s"
+    return f"; ~{to_run} cells × {each:.0f} s (median wall time of the {len(walls)} finished here) ≈ {said}"
 
 
 def _dry_run(grid, run_dir: Path, only: list[str] | None) -> int:
@@ -317,13 +360,16 @@ def _dry_run(grid, run_dir: Path, only: list[str] | None) -> int:
     done = RunFolder(run_dir).records()
     if only:
         check_selectors(grid.cells, tuple(only), "--only")
+    print(f"dry run: the cells of {grid.source} into {run_dir} (hash, status there, label); nothing runs")
     for cell in grid.cells:
         if only and not selects(cell, tuple(only)):
             continue
         status = done[cell.hash].status if cell.hash in done else "-"
         print(f"{cell.hash}  {status:<8}  {cell.label()}")
     finished = sum(c.hash in done for c in grid.cells)
-    print(f"{len(grid.cells)} cells from {grid.source}; run folder {run_dir} ({finished} finished)")
+    picked = [c for c in grid.cells if not only or selects(c, tuple(only))]
+    estimate = _estimate(done, sum(c.hash not in done for c in picked))
+    print(f"{len(grid.cells)} cells from {grid.source}; run folder {run_dir} ({finished} finished){estimate}")
     return 0
 
 
@@ -336,12 +382,14 @@ def _env(args) -> int:
         print(json.dumps(env, indent=1))
         return 0
     for key, value in env.items():
-        if key != "gpus":
+        if key.endswith("_bytes") and isinstance(value, int):
+            print(f"{key.removesuffix('_bytes'):<22} {value / 2**30:.1f} GiB")
+        elif key != "gpus":
             print(f"{key:<22} {value}")
     for i, gpu in enumerate(env["gpus"]):
         peak = metrics.peak_flops(gpu["gpu_name"], "bf16")
         known = f"{peak / 1e12:.0f} TFLOP/s bf16 (datasheet)" if peak else "not in the peak table: MFU will be null"
-        print(f"gpu {i:<18} {gpu['gpu_name']}, {gpu['gpu_memory_bytes'] / 2**30:.0f} GiB, {known}")
+        print(f"gpu {i:<18} {gpu['gpu_name']}, {gpu['gpu_memory_bytes'] / 2**30:.1f} GiB, {known}")
         print(
             f"{'':<22} {gpu['gpu_uuid']}, driver {gpu['driver_version']} (CUDA {gpu['cuda_driver_version']}), "
             f"power limit {gpu['power_limit_w']} W, SM clock {gpu['sm_clock_mhz']}/{gpu['sm_clock_max_mhz']} MHz"
