@@ -1,4 +1,4 @@
-"""`python -m bench {run,report,check,accuracy,env,list}`: the command line of the harness."""
+"""`python -m bench {run,report,check,compare,accuracy,env,list}`: the command line of the harness."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ throughput, memory and its environment as one JSON file, then a parquet/CSV tabl
   python -m bench env                           # the hardware and software this machine offers
   python -m bench report runs/a runs/b -o report.html   # one offline HTML report of several runs
   python -m bench check [RUN_DIR ...]           # peak memory per cell against bench/baselines/
+  python -m bench compare runs/a runs/b         # per cell: throughput, memory, accuracy changed beyond noise?
   python -m bench accuracy RUN_DIR              # accuracy tasks: mean ± std over seeds at the best lr
 """
 
@@ -46,7 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{run,report,check,accuracy,env,list}")
+    metavar = "{run,report,check,compare,accuracy,env,list}"
+    commands = parser.add_subparsers(dest="command", required=True, metavar=metavar)
 
     run = commands.add_parser(
         "run",
@@ -106,6 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     env.add_argument("--json", action="store_true", help="as JSON")
 
     _add_report_and_check(commands)
+    _add_compare(commands)
     accuracy = commands.add_parser(
         "accuracy",
         help="accuracy per task and method: mean ± std over seeds at the lr chosen on validation",
@@ -128,6 +131,8 @@ measure: max_memory_allocated on a GPU; on a CPU, parameters + gradients + optim
   backward, counted (the same on every run). Baselines: bench/baselines/<device class>.json, cells keyed by
   their memory-relevant fields. The gate fails closed: a device class without a baseline (unless
   --allow-missing), a baseline without cells, or a run sharing no cell with its baseline exits 1.
+throughput (opt-in): --throughput --against RUN_DIR also compares each cell's tokens/s with the same cell of RUN_DIR;
+  a slowdown counts beyond max(--throughput-threshold, either cell's (p90 - p10) / median step time).
 exit codes: 0 no regression, 1 a cell regressed, ran out of memory or was not measured, 2 bad input.
 """
 
@@ -179,10 +184,62 @@ def _add_report_and_check(commands) -> None:
     check.add_argument("--rtol", type=float, help="relative tolerance (default: the baseline's)")
     check.add_argument("--atol-bytes", type=int, help="absolute tolerance in bytes (default: the baseline's)")
     check.add_argument(
+        "--throughput",
+        action="store_true",
+        help="also gate tokens/s per cell against the run given with --against, beyond each cell's step-time spread "
+        "(bench compare's rule; memory stays the default gate)",
+    )
+    check.add_argument("--against", type=Path, metavar="RUN_DIR", help="the baseline run of --throughput")
+    check.add_argument(
+        "--throughput-threshold",
+        type=float,
+        default=0.05,
+        metavar="REL",
+        help="with --throughput: smallest relative slowdown that counts (default: %(default)s)",
+    )
+    check.add_argument(
         "--update-baseline",
         action="store_true",
         help="rewrite the baselines of the run's device classes from this run, on purpose",
     )
+
+
+COMPARE_EPILOG = """\
+cells are matched by their hash; cells on one side only are listed as new / missing and pass.
+noise: a throughput change counts only beyond max(--threshold, (p90 - p10) / median of either side's step times);
+  memory (peak_allocated_bytes on a GPU, counted bytes on a CPU) and accuracy count beyond --threshold.
+exit codes: 0 no regression, 1 a cell regressed (or ran ok in BASE and failed in NEW), 2 bad input.
+"""
+
+
+def _add_compare(commands) -> None:
+    from bench.views.compare import METRICS
+
+    compare = commands.add_parser(
+        "compare",
+        help="per cell, what changed between a baseline run and new runs, beyond each cell's noise",
+        epilog=COMPARE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Compare the cells of each NEW run folder with the same cells of BASE.",
+    )
+    compare.add_argument("base", type=Path, metavar="BASE", help="the baseline run folder")
+    compare.add_argument("new", nargs="+", type=Path, metavar="NEW", help="run folders compared with BASE, each alone")
+    compare.add_argument(
+        "--threshold", type=float, default=0.05, help="smallest relative change that counts (default: %(default)s)"
+    )
+    compare.add_argument(
+        "--metric",
+        nargs="+",
+        choices=METRICS,
+        metavar="METRIC",
+        help=f"what to compare, any of {', '.join(METRICS)} (default: all)",
+    )
+
+
+def _compare(args) -> int:
+    from bench.views import compare
+
+    return compare.main(args.base, args.new, args.threshold, args.metric)
 
 
 def _report(args) -> int:
@@ -195,8 +252,14 @@ def _report(args) -> int:
 def _check(args) -> int:
     from bench.views import check
 
+    if args.throughput != bool(args.against):
+        raise BenchError("--throughput and --against RUN_DIR go together: --against names the run whose tokens/s "
+                         "is the baseline.")
     run_dirs = args.run_dirs or [_run_ci_grid(check.CI_GRID)]
-    return check.main(run_dirs, args.baselines, args.rtol, args.atol_bytes, args.update_baseline, args.allow_missing)
+    code = check.main(run_dirs, args.baselines, args.rtol, args.atol_bytes, args.update_baseline, args.allow_missing)
+    if args.throughput and not args.update_baseline:
+        code = max(code, check.throughput(run_dirs, args.against, args.throughput_threshold))
+    return code
 
 
 def _run_ci_grid(name: str) -> Path:
@@ -254,10 +317,53 @@ def _run(args) -> int:
     except KeyboardInterrupt:
         print(f"interrupted; finished cells are kept in {run_dir}: continue with --resume", file=sys.stderr)
         return 130
+    _cell_table(grid, run_dir, args.only)
     counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.counts.items())) or "nothing to run"
     kept = f"; {summary.kept} finished cells kept" if summary.kept else ""
     print(f"{counts}{kept}. Results: {summary.table or run_dir}")
     return summary.exit_code
+
+
+def _cell_table(grid, run_dir: Path, only: list[str] | None) -> None:
+    """The grid's cells (those --only picks) as they stand in the run folder: status, tokens/s and peak memory."""
+    from bench.parent.runner import selects
+    from bench.records.folder import RunFolder
+    from bench.views.compare import value
+
+    done = RunFolder(run_dir).records(warn=None)
+    rows = [("status", "tokens/s", "peak memory", "cell")]
+    for cell in grid.cells:
+        if only and not selects(cell, tuple(only)):
+            continue
+        record = done.get(cell.hash)
+        if record is None:
+            rows.append(("-", "-", "-", cell.label()))
+            continue
+        tokens, memory = value(record, "tokens_per_s"), value(record, "memory")
+        rows.append(
+            (
+                record.status,
+                f"{tokens:,.0f}" if tokens is not None else "-",
+                f"{memory / 2**30:.2f} GiB" if memory is not None else "-",
+                record.label,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for status, tokens, memory, label in rows:
+        print(f"{status:<{widths[0]}}  {tokens:>{widths[1]}}  {memory:>{widths[2]}}  {label}")
+
+
+def _estimate(done: dict, to_run: int) -> str:
+    """'; ~N cells × M s (median wall time of the K finished cells here) ≈ T' from this folder's records, or ''."""
+    import statistics
+
+    walls = [r.run.get("wall_s") for r in done.values() if isinstance(r.run.get("wall_s"), (int, float))]
+    if not walls or not to_run:
+        return ""
+    each = statistics.median(walls)
+    total = each * to_run
+    said = f"{total / 3600:.1f} h" if total >= 3600 else f"{total / 60:.0f} min" if total >= 60 else f"{total:.0f} s"
+    return f"; ~{to_run} cells × {each:.0f} s (median wall time of the {len(walls)} finished here) ≈ {said}"
 
 
 def _dry_run(grid, run_dir: Path, only: list[str] | None) -> int:
@@ -267,13 +373,16 @@ def _dry_run(grid, run_dir: Path, only: list[str] | None) -> int:
     done = RunFolder(run_dir).records()
     if only:
         check_selectors(grid.cells, tuple(only), "--only")
+    print(f"dry run: the cells of {grid.source} into {run_dir} (hash, status there, label); nothing runs")
     for cell in grid.cells:
         if only and not selects(cell, tuple(only)):
             continue
         status = done[cell.hash].status if cell.hash in done else "-"
         print(f"{cell.hash}  {status:<8}  {cell.label()}")
     finished = sum(c.hash in done for c in grid.cells)
-    print(f"{len(grid.cells)} cells from {grid.source}; run folder {run_dir} ({finished} finished)")
+    picked = [c for c in grid.cells if not only or selects(c, tuple(only))]
+    estimate = _estimate(done, sum(c.hash not in done for c in picked))
+    print(f"{len(grid.cells)} cells from {grid.source}; run folder {run_dir} ({finished} finished){estimate}")
     return 0
 
 
@@ -286,12 +395,14 @@ def _env(args) -> int:
         print(json.dumps(env, indent=1))
         return 0
     for key, value in env.items():
-        if key != "gpus":
+        if key.endswith("_bytes") and isinstance(value, int):
+            print(f"{key.removesuffix('_bytes'):<22} {value / 2**30:.1f} GiB")
+        elif key != "gpus":
             print(f"{key:<22} {value}")
     for i, gpu in enumerate(env["gpus"]):
         peak = metrics.peak_flops(gpu["gpu_name"], "bf16")
         known = f"{peak / 1e12:.0f} TFLOP/s bf16 (datasheet)" if peak else "not in the peak table: MFU will be null"
-        print(f"gpu {i:<18} {gpu['gpu_name']}, {gpu['gpu_memory_bytes'] / 2**30:.0f} GiB, {known}")
+        print(f"gpu {i:<18} {gpu['gpu_name']}, {gpu['gpu_memory_bytes'] / 2**30:.1f} GiB, {known}")
         print(
             f"{'':<22} {gpu['gpu_uuid']}, driver {gpu['driver_version']} (CUDA {gpu['cuda_driver_version']}), "
             f"power limit {gpu['power_limit_w']} W, SM clock {gpu['sm_clock_mhz']}/{gpu['sm_clock_max_mhz']} MHz"
@@ -342,7 +453,15 @@ def _list(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        commands = {"run": _run, "report": _report, "check": _check, "env": _env, "list": _list, "accuracy": _accuracy}
+        commands = {
+            "run": _run,
+            "report": _report,
+            "check": _check,
+            "compare": _compare,
+            "env": _env,
+            "list": _list,
+            "accuracy": _accuracy,
+        }
         return commands[args.command](args)
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -15,6 +15,9 @@
                 that shares no cell with its baseline measured nothing, and exits 1 (`--allow-missing` turns a
                 device class without a baseline into a message, for a machine no baseline was taken on)
 
+throughput  opt-in (`--throughput --against RUN_DIR`): tokens/s per cell against another run, beyond the cells' own
+                step-time spread, by bench/views/compare.py's rule; memory stays the default gate
+
 A baseline file: {version, device_class, metric, rtol, atol_bytes, origin: {runs, created_at, git_commit, git_dirty,
 torch/transformers/peft versions, hostname}, cells: {memory_key: {label, status, bytes}}}, cells sorted by label.
 `--update-baseline` rewrites the baseline of each device class in the runs, on purpose (review the diff).
@@ -342,3 +345,11 @@ def main(
         raise BenchError(f"the baselines folder {directory} does not exist; give --baselines DIR, or take a baseline "
                          "with --update-baseline.")
     return check(folders, directory, rtol, atol_bytes, allow_missing=allow_missing)
+
+
+def throughput(run_dirs: list[Path], against: Path, threshold: float, out=None) -> int:
+    """`check --throughput --against RUN_DIR`: each run's tokens/s per cell against the run `against`, a change
+    counted only beyond max(threshold, either cell's step-time spread) (bench/views/compare.py); 1 on a regression."""
+    from bench.views import compare
+
+    return compare.main(against, run_dirs, threshold, ("tokens_per_s",), out=out)

@@ -18,7 +18,7 @@ def run_cli(capsys, *argv: str) -> tuple[int, str]:
 def test_help_names_the_commands_and_the_main_command(capsys):
     code, out = run_cli(capsys, "--help")
     assert code == 0
-    assert "{run,report,check,accuracy,env,list}" in out and "python -m bench run --matrix default" in out
+    assert "{run,report,check,compare,accuracy,env,list}" in out and "python -m bench run --matrix default" in out
 
 
 def test_run_help_explains_statuses_injection_and_exit_codes(capsys):
@@ -61,15 +61,16 @@ def test_env_prints_the_host_and_says_when_there_is_no_gpu(capsys):
 def test_a_dry_run_lists_every_cell_with_its_hash_and_runs_nothing(capsys, tmp_path):
     code, out = run_cli(capsys, "run", "--matrix", "default", "--dry-run", "--run-dir", str(tmp_path / "r"))
     lines = out.splitlines()
-    assert code == 0 and len(lines) == 18 and lines[-1].startswith("17 cells from bench/grids/default.yaml")
-    assert lines[0].split()[0].isalnum() and len(lines[0].split()[0]) == 12
+    assert code == 0 and len(lines) == 19 and lines[-1].startswith("17 cells from bench/grids/default.yaml")
+    assert lines[0].startswith("dry run: the cells of bench/grids/default.yaml") and "nothing runs" in lines[0]
+    assert lines[1].split()[0].isalnum() and len(lines[1].split()[0]) == 12
     assert not (tmp_path / "r").exists()
 
 
 def test_a_dry_run_with_only_lists_the_cells_it_would_run(capsys, tmp_path):
     argv = ("run", "--matrix", "default", "--dry-run", "--only", "randlora", "--run-dir", str(tmp_path))
     code, out = run_cli(capsys, *argv)
-    cells = out.splitlines()[:-1]
+    cells = out.splitlines()[1:-1]
     assert code == 0 and cells and all("randlora" in line for line in cells)
     code, out = run_cli(capsys, "run", "--matrix", "default", "--dry-run", "--only", "no-such-method")
     assert code == 2
@@ -100,3 +101,12 @@ def test_a_bad_cells_per_gpu_is_one_sentence_and_exit_2(tmp_path, capsys, flags,
     code = cli.main(["run", "--matrix", "default", "--run-dir", str(tmp_path / "r"), *flags])
     assert code == 2 and capsys.readouterr().err.strip() == message
     assert not (tmp_path / "r").exists()  # nothing started, nothing written
+
+
+def test_a_dry_run_estimates_the_duration_only_from_cells_finished_in_the_folder():
+    from types import SimpleNamespace
+
+    finished = {h: SimpleNamespace(run={"wall_s": s}) for h, s in (("a", 10.0), ("b", 30.0), ("c", 20.0))}
+    assert cli._estimate(finished, 6) == "; ~6 cells × 20 s (median wall time of the 3 finished here) ≈ 2 min"
+    assert cli._estimate({}, 6) == ""
+    assert cli._estimate({"a": SimpleNamespace(run={})}, 6) == ""

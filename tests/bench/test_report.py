@@ -164,3 +164,44 @@ def test_cells_that_shared_a_gpu_are_flagged_at_the_top_and_a_lone_run_is_not(pa
     write_json(folder.root / "run.json", {"argv": [], "env": {**record.env, "gpus": [record.env["gpu"]]}})
     shared = build([folder.root], tmp_path / "r.html").read_text(encoding="utf-8")
     assert re.search(r"3 cells ran with up to 4 cells sharing one GPU", shared)
+
+
+def test_the_verdict_comes_first_and_states_ratios_to_named_baselines(page):
+    assert page.index('id="verdict"') < page.index('id="summary"') < page.index("best for")
+    sentence = re.search(r'<p class="sentence">(.*?)</p>', page, re.DOTALL).group(1)
+    # RandLoRA at 1200 tokens/s and 1.5 GiB per unit of batch, full fine-tuning at 1000 and 4 GiB
+    assert "RandLoRA (randlora.eager r=32) runs at ×1.20 the tokens/s of full fine-tuning" in sentence
+    assert "×0.38 its peak memory" in sentence
+
+
+def test_verdict_ratios_are_medians_with_the_range_of_the_extremes_and_a_range_over_one_is_a_tie():
+    import pandas as pd
+
+    from bench.views.report import verdict
+
+    faster = verdict.ratio(pd.Series([110.0, 120.0, 130.0]), pd.Series([100.0, 101.0]))
+    assert (round(faster.median, 3), round(faster.low, 3), round(faster.high, 3)) == (1.194, 1.089, 1.3)
+    assert not faster.tie and faster.text() == "×1.19 (1.09–1.30)"
+    noisy = verdict.ratio(pd.Series([0.85, 0.90]), pd.Series([0.80, 0.85]))  # accuracy over two seeds
+    assert noisy.tie and noisy.text().endswith(" tie")
+    assert verdict.ratio(pd.Series([1.0]), pd.Series([], dtype=float)) is None
+
+
+def test_the_verdict_names_peft_lora_and_full_fine_tuning_eager_and_compiled_where_measured(runs_dir, tmp_path):
+    from bench.views.report import verdict
+
+    from .report_runs import GPUS, cell_record
+
+    machine, gpu = GPUS["h200"]
+    extra = RunFolder(tmp_path / "peft-run")
+    for compiled, speed in ((False, 600.0), (True, 900.0)):
+        peft = {"name": "peft-lora", "r": 16, "alpha": 32}
+        record = cell_record(machine, gpu, tokens_per_s=speed, peak=3 * 2**30, model="tiny-llama", method=peft,
+                             batch_size=1, lr=1e-4, compile=compiled)  # fmt: skip
+        write_json(extra.result_path(record.cell_hash), record)
+    found = verdict.groups(data.load([*runs_dir, extra.root]).frame)
+    (group,) = [g for g in found if g["key"]["model"] == "tiny-llama" and g["key"]["gpu_type"] == "NVIDIA H200"
+                and g["key"]["batch_size"] == 1]  # fmt: skip
+    assert group["baselines"] == ["our LoRA eager", "peft LoRA eager", "peft LoRA compiled", "full fine-tuning eager"]
+    sentence = verdict.sentence(found)
+    assert "×2.00 the tokens/s of peft LoRA" in sentence and "of full fine-tuning" in sentence

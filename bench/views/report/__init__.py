@@ -4,6 +4,7 @@ data.py        run folders -> one frame (several machines and GPU types merged),
 tables.py      the summary, pivots (method × precision against model × batch size), failures, environments
 charts.py      plotly figures: throughput and memory against model size, accuracy against trainable
                parameters and memory, step-time spread
+verdict.py     the page's first section: each RandLoRA variant against named baselines, ratios with their range
 template.html.j2   the page (Jinja2, autoescape on); plotly.js is inlined once, so it opens offline
 """
 
@@ -20,6 +21,7 @@ import pandas as pd
 from bench.views.report import charts
 from bench.views.report import data
 from bench.views.report import tables
+from bench.views.report import verdict
 
 TEMPLATE = "template.html.j2"
 
@@ -66,6 +68,7 @@ def render(runs: data.Runs, title: str, plotly_src: str | None = None) -> str:
             }
         )
     summary = data.accuracy_summary(frame)
+    verdicts = verdict.groups(frame)
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("bench.views.report", "."),
         autoescape=True,
@@ -81,6 +84,7 @@ def render(runs: data.Runs, title: str, plotly_src: str | None = None) -> str:
         runs=[f["name"] for f in runs.folders],
         cells=len(frame),
         counts=[(s, int(n)) for s, n in counts.items()],
+        verdict={"sentence": verdict.sentence(verdicts), "groups": verdicts},
         best=tables.summary(runs),
         accuracy_summary=tables.accuracy_view(summary) if summary is not None else None,
         accuracy_columns=data.accuracy_columns(frame),

@@ -1,0 +1,130 @@
+"""The report's verdict: each RandLoRA variant against named baselines, as ratios with their range over runs and seeds.
+
+    group       GPU type × model × batch size × sequence length × precision: only cells that share all five compare
+    variant     a RandLoRA configuration (method randlora: impl, compiled or not, its parameters), the frame's `config`
+    baselines   our LoRA (lora), peft LoRA (peft-lora), full fine-tuning (full), peft RandLora (peft-randlora), each
+                eager, compiled (whole model) and compiled per block where measured; cells of one baseline with
+                different settings (rank, ...) are pooled into its range
+    ratio       variant / baseline of tokens/s, of peak memory (`memory_bytes`) and of accuracy where both have it:
+                median(variant) / median(baseline), range min(variant) / max(baseline) .. max / min over every run and
+                seed of either; a range that holds 1.0 is a "tie" (one cell per side: the range is the ratio itself)
+    sentence    the headline group (the one with the most cells among those that measured both peft LoRA and full
+                fine-tuning, else one of them, else any), the plain
+                RandLoRA variant (eager impl, not compiled, shortest label) against peft LoRA and full fine-tuning
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+GROUP = ("gpu_type", "model", "batch_size", "seq_len", "precision")
+BASELINES = {"lora": "our LoRA", "peft-lora": "peft LoRA", "full": "full fine-tuning", "peft-randlora": "peft RandLora"}
+HEADLINE = ("peft-lora", "full")  # the baselines the verdict's sentence names
+METRICS = (("tokens_per_s", "tokens/s"), ("memory_bytes", "memory"))
+
+
+@dataclass(frozen=True)
+class Ratio:
+    median: float
+    low: float
+    high: float
+
+    @property
+    def tie(self) -> bool:
+        return self.low <= 1.0 <= self.high
+
+    def text(self) -> str:
+        spread = f" ({self.low:.2f}–{self.high:.2f})" if self.high - self.low >= 0.005 else ""
+        return f"×{self.median:.2f}{spread}{' tie' if self.tie else ''}"
+
+
+def ratio(variant: pd.Series, baseline: pd.Series) -> Ratio | None:
+    """median(variant) / median(baseline), with the range the extremes allow; None when either side is empty."""
+    v, b = pd.to_numeric(variant, errors="coerce").dropna(), pd.to_numeric(baseline, errors="coerce").dropna()
+    v, b = v[v > 0], b[b > 0]
+    if v.empty or b.empty:
+        return None
+    return Ratio(float(v.median() / b.median()), float(v.min() / b.max()), float(v.max() / b.min()))
+
+
+def _compiled(row) -> str:
+    if not row["compile"]:
+        return "eager"
+    return "compiled" if row["compile_scope"] == "model" else f"compiled ({row['compile_scope']})"
+
+
+def _accuracy_column(frame: pd.DataFrame) -> str | None:
+    for name in ("test_accuracy", "accuracy"):
+        if name in frame and frame[name].notna().any():
+            return name
+    return None
+
+
+def groups(frame: pd.DataFrame) -> list[dict]:
+    """Per group: {"key": its five values, "baselines": names, "rows": [{"variant", "cells", ...}]}; a row's
+    cells: per baseline, a list of {"label", "text", "tie"} (one per metric both sides measured)."""
+    ok = frame[(frame["status"] == "ok") & frame["tokens_per_s"].notna()].copy()
+    if ok.empty:
+        return []
+    ok["compile"] = ok["compile"].fillna(False).astype(bool)
+    ok["mode"] = ok.apply(_compiled, axis=1)
+    accuracy = _accuracy_column(ok)
+    metrics = METRICS + (((accuracy, "accuracy"),) if accuracy else ())
+    found = []
+    for key, rows in ok.groupby(list(GROUP), sort=True, dropna=False):
+        variants = rows[rows["method"] == "randlora"]
+        present = [
+            (method, mode)
+            for method in BASELINES
+            for mode in sorted(rows.loc[rows["method"] == method, "mode"].unique(), key=lambda m: (m != "eager", m))
+        ]
+        if variants.empty or not present:
+            continue
+        table = []
+        for config, cells in sorted(variants.groupby("config"), key=lambda item: (len(item[0]), item[0])):
+            texts, ratios = [], {}
+            for method, mode in present:
+                base = rows[(rows["method"] == method) & (rows["mode"] == mode)]
+                parts = {label: ratio(cells[column], base[column]) for column, label in metrics}
+                ratios[(method, mode)] = parts
+                texts.append([{"label": label, "text": r.text(), "tie": r.tie} for label, r in parts.items() if r])
+            table.append({"variant": config, "cells": texts, "ratios": ratios, "plain": _plain(cells)})
+        found.append(
+            {
+                "key": dict(zip(GROUP, key)),
+                "title": f"{key[0]} · {key[1]} · b{key[2]}×{key[3]} · {key[4]}",
+                "baselines": [f"{BASELINES[m]} {mode}" for m, mode in present],
+                "rows": table,
+                "cells": len(rows),
+            }
+        )
+    return found
+
+
+def _plain(cells: pd.DataFrame) -> bool:
+    return bool((~cells["compile"]).all() and (cells["impl"] == "eager").all())
+
+
+def sentence(found: list[dict]) -> str:
+    """One sentence: the plain RandLoRA of the headline group against peft LoRA and full fine-tuning."""
+    def weight(group: dict) -> tuple:  # the groups that measured both named baselines first, then the fullest
+        named = sum(any(b.startswith(BASELINES[m] + " ") for b in group["baselines"]) for m in HEADLINE)
+        return -named, -group["cells"], group["title"]
+
+    for group in sorted(found, key=weight):
+        for row in sorted(group["rows"], key=lambda r: (not r["plain"], len(r["variant"]))):
+            named = [(m, row["ratios"].get((m, "eager"))) for m in HEADLINE]
+            named = [(m, parts) for m, parts in named if parts and parts.get("tokens/s")]
+            if not named:
+                continue
+            said = [
+                f"{parts['tokens/s'].text()} the tokens/s of {BASELINES[m]}"
+                + (f" at {parts['memory'].text()} its peak memory" if parts.get("memory") else "")
+                for m, parts in named
+            ]
+            return f"On {group['title']}, RandLoRA ({row['variant']}) runs at {' and '.join(said)} (eager baselines)."
+    if found:
+        return "No group has RandLoRA beside an eager peft LoRA or full fine-tuning; the ratios to what was measured:"
+    return "No group has RandLoRA and a baseline measured with the same GPU, model, batch, sequence and precision."
