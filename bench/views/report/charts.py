@@ -181,10 +181,15 @@ def step_spread(rows: pd.DataFrame, records: list[Record], title: str) -> go.Fig
     return _layout(fig, title, "measured step time (ms" + (", log)" if wide else ")"), "", log_x=wide, height=height)
 
 
+SPEED_CHARTS = ("throughput", "memory", "acc-memory", "steps")  # meaningless for cells that shared a GPU
+
+
 def charts_for(
     gpu_type: str, slug: str, rows: pd.DataFrame, records: list[Record], accuracy: str | None
 ) -> list[Chart]:
-    """The charts of one GPU type's section, those that have data."""
+    """The charts of one GPU type's section, those that have data. When every cell of the section shared its GPU
+    (--cells-per-gpu), its speed and memory are not a lone cell's: those charts are left out (the page says why)."""
+    shared = bool((pd.to_numeric(rows["cells_per_gpu"], errors="coerce").fillna(1) > 1).all())
     builders = {
         "throughput": ("Throughput against model size", lambda t: versus_size(rows, "tokens_per_s", t, "tokens/s", fmt_rate, "highest")),
         "memory": ("Peak memory against model size", lambda t: versus_size(rows, "memory_bytes", t, "peak memory", fmt_bytes, "smallest batch")),
@@ -194,7 +199,7 @@ def charts_for(
     }  # fmt: skip
     charts = []
     for name, (title, make) in builders.items():
-        if name.startswith("acc-") and not accuracy:
+        if (name.startswith("acc-") and not accuracy) or (shared and name in SPEED_CHARTS):
             continue
         title = f"{title} — {gpu_type}"
         fig = make(title)
