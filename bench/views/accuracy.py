@@ -98,7 +98,8 @@ def _summarize_one(config: pd.DataFrame) -> dict | None:
 def summarize(results: pd.DataFrame) -> pd.DataFrame:
     """One row per configuration of the accuracy cells of `results` (the results table); columns in the module
     docstring. Sorted by task, model, then trainable parameters."""
-    keys = [c for c in CONFIG_COLUMNS if c in results.columns]
+    results = results.assign(**{c: pd.NA for c in CONFIG_COLUMNS if c not in results.columns})  # older tables
+    keys = list(CONFIG_COLUMNS)
     rows = []
     for values, config in results.groupby(keys, dropna=False, sort=False):
         summary = _summarize_one(config)
