@@ -2,7 +2,7 @@
 console stays free of errors, no hostile string runs, and a full-page screenshot is saved beside the test's files.
 
 Needs Debian's `chromium` and `chromium-driver` (.ci/run installs them) and selenium (the `test` extra); skipped
-with that reason when Chromium is not installed.
+naming whichever of the two is missing.
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ from bench.views.report import build
 from .report_runs import HOSTILE_MODEL, HOSTILE_REASON, write_runs
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+MISSING = [name for name, path in (("chromium", CHROMIUM), ("chromedriver", CHROMEDRIVER)) if not path]
 pytestmark = pytest.mark.skipif(
-    not (CHROMIUM and CHROMEDRIVER),
-    reason="Chromium is not installed (apt-get install chromium chromium-driver; .ci/run installs it)",
+    bool(MISSING),
+    reason=f"{' and '.join(MISSING) or 'nothing'} not on PATH (Debian: apt-get install chromium chromium-driver; "
+    ".ci/run installs them)",
 )
 # No network, no first-run or sync traffic: the machine has no route out, and the page must not need one.
 FLAGS = (
