@@ -17,6 +17,8 @@ Columns of the result (one row per configuration; rows of tasks without accuracy
     lrs                     how many learning rates were tried
     lr_edge                 "lowest" / "highest" when the chosen rate is an end of the sweep (of 2+ rates): the
                             best rate may lie beyond it, so widen the sweep before trusting the comparison
+    max_stable_lr           the largest rate at which every seed trained without diverging (below any
+                            diverged rate); min_diverged_lr: the smallest rate at which some seed diverged
     seeds                   cells (seeds) at the chosen rate
     failed                  cells of the configuration, any rate, that did not end ok
     select_metric           the validation metric the rate was chosen on
@@ -46,7 +48,7 @@ DETAIL_METRICS = (
     "test_accuracy", "test_macro_f1", "test_loss", "test_output_recovered", "delta_recovered", "top_r_energy",
 )  # fmt: skip
 OUTPUT_COLUMNS = (
-    *CONFIG_COLUMNS, "trainable_params", "update_rank", "lr", "lrs", "lr_edge", "seeds", "failed", "select_metric", "val_mean",
+    *CONFIG_COLUMNS, "trainable_params", "update_rank", "lr", "lrs", "lr_edge", "max_stable_lr", "min_diverged_lr", "seeds", "failed", "select_metric", "val_mean",
     "val_std", "metric", "mean", "std", "samples_per_s", "peak_allocated_bytes", "wall_s",
 )  # fmt: skip
 COUNTS = ("trainable_params", "update_rank", "lrs", "seeds", "failed", "peak_allocated_bytes")  # Int64 columns
@@ -60,6 +62,19 @@ def _std(values: pd.Series) -> float:
     return float(values.std(ddof=1)) if len(values) > 1 else math.nan
 
 
+def _stability(config: pd.DataFrame) -> dict:
+    """Stability as a result: the largest rate of the sweep at which every seed trained without diverging
+    (`max_stable_lr`; the top of the sweep means no divergence was found, a lower bound), and the smallest rate at
+    which some seed diverged (`min_diverged_lr`; NaN: none did)."""
+    diverged = config.loc[config["status"] == "diverged", "lr"]
+    stable = [lr for lr, cells in config.groupby("lr") if (cells["status"] == "ok").all()]
+    below = [lr for lr in stable if diverged.empty or lr < diverged.min()]
+    return {
+        "max_stable_lr": max(below) if below else math.nan,
+        "min_diverged_lr": diverged.min() if not diverged.empty else math.nan,
+    }
+
+
 def _summarize_one(config: pd.DataFrame) -> dict | None:
     task = config["task"].iloc[0]
     select, headline = val_test(task)
@@ -68,7 +83,8 @@ def _summarize_one(config: pd.DataFrame) -> dict | None:
     ok = config["status"] == "ok"
     means = {lr: cells[select].mean() for lr, cells in config.groupby("lr") if (cells["status"] == "ok").all()}
     means = {lr: m for lr, m in means.items() if not math.isnan(m)}
-    row = {"lrs": config["lr"].nunique(), "failed": int((~ok).sum()), "select_metric": select, "metric": headline}
+    row = {"lrs": config["lr"].nunique(), "failed": int((~ok).sum()), "select_metric": select, "metric": headline,
+           **_stability(config)}
     if not means:
         return {**row, "lr": math.nan, "seeds": 0}
     best = max(sorted(means), key=lambda lr: means[lr])  # ties: the smallest rate

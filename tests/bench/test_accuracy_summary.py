@@ -118,3 +118,14 @@ def test_the_accuracy_command_prints_the_summary_and_writes_a_csv(tmp_path, caps
 def test_the_accuracy_command_on_a_folder_without_results_is_one_sentence(tmp_path, capsys):
     assert cli.main(["accuracy", str(tmp_path)]) == 2
     assert "is not a run folder" in capsys.readouterr().err
+
+
+def test_stability_is_the_largest_rate_below_the_first_divergence():
+    rows = []
+    for lr, status in ((1e-3, "ok"), (3e-3, "ok"), (1e-2, "diverged"), (3e-2, "ok")):
+        for seed in (0, 1):
+            rows.append({"task": "trec6", "model": "minilm-l6", "method": "lora", "r": 8, "lr": lr, "seed": seed,
+                         "status": status, "val_accuracy": 0.5 if status == "ok" else None,
+                         "test_accuracy": 0.5 if status == "ok" else None, "trainable_params": 10})
+    row = summarize(pd.DataFrame(rows)).iloc[0]
+    assert row["max_stable_lr"] == 3e-3 and row["min_diverged_lr"] == 1e-2
