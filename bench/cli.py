@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -469,3 +470,23 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `... | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except OSError as exc:  # a path that is a file where a folder belongs, a read-only folder, a full disk
+        print(f"error: {_os_sentence(exc)}", file=sys.stderr)
+        return 2
+
+
+def _os_sentence(exc: OSError) -> str:
+    """One sentence for a file-system error: what could not be done, where, and what would help. The writes are
+    atomic (a temporary file renamed into place), so nothing half-written is left behind."""
+    where = f" {exc.filename}" if exc.filename else ""
+    hints = {
+        errno.ENOSPC: "free some space or write elsewhere (--run-dir / -o)",
+        errno.EDQUOT: "free some space or write elsewhere (--run-dir / -o)",
+        errno.EACCES: "make it writable or write elsewhere (--run-dir / -o)",
+        errno.EROFS: "write elsewhere (--run-dir / -o)",
+        errno.ENOTDIR: "a file stands where a folder belongs; give a folder path (--run-dir / -o)",
+        errno.EEXIST: "a file stands where a folder belongs; give a folder path (--run-dir / -o)",
+        errno.EISDIR: "a folder stands where a file belongs; give a file path",
+    }
+    hint = hints.get(exc.errno, "check the path and try again")
+    return f"cannot use{where}: {exc.strerror or exc}; {hint}; nothing was left half-written."
