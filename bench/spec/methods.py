@@ -2,6 +2,7 @@
 
     full, lora, randlora      this project's `randlora.adapt`, parameters passed to its config classes
     peft-lora, peft-randlora  peft's LoraConfig / RandLoraConfig, the anchors users would pick instead
+    peft-vera                 peft's VeraConfig: VeRA, low-rank random bases with trained scalings (the paper's baseline)
 
 Every method sees the same resolved targets (full module names, matched by `randlora`'s rules) and the same
 `trainable` modules (a classification head), so the methods differ only in the adapter.
@@ -176,6 +177,34 @@ def _peft_randlora(model, params: dict, targets: tuple[str, ...], trainable: tup
         sparse=params["basis"] == "sparse",
         very_sparse=params["basis"] == "very_sparse",
         projection_prng_key=params["seed"],
+        target_modules=list(targets),
+        modules_to_save=list(trainable) or None,
+    )
+    return peft.get_peft_model(model, config)
+
+
+@register(
+    "peft-vera",
+    "peft's VeraConfig (r=256 by default): shared frozen random low-rank bases, trained scaling vectors (rank <= r)",
+    _peft_params(
+        "peft-vera",
+        {"r": 256, "dropout": 0.0, "d_initial": 0.1, "seed": 0},
+        {"r": _check_positive_int, "dropout": _check_fraction, "d_initial": _check_positive_number},
+    ),
+    requires="peft",
+)
+def _peft_vera(model, params: dict, targets: tuple[str, ...], trainable: tuple[str, ...]):
+    """VeRA (Kopiczko et al. 2024), the random-basis method RandLoRA measures itself against: ΔW = Λ_b B Λ_d A with
+    A (r, in), B (out, r) shared, frozen and random, and only the vectors d (r) and b (out) trained per layer, so
+    its update has rank <= r, where RandLoRA's reaches full rank with a similar count."""
+    import peft
+
+    config = peft.VeraConfig(
+        r=params["r"],
+        vera_dropout=params["dropout"],
+        d_initial=params["d_initial"],
+        projection_prng_key=params["seed"],
+        save_projection=False,  # regenerated from the seed, as this project's bases are
         target_modules=list(targets),
         modules_to_save=list(trainable) or None,
     )

@@ -225,7 +225,10 @@ def _update_rank(cell: Cell, model: nn.Module, shapes: list[tuple[int, int]]) ->
     name, kwargs = cell.method.name, cell.method.kwargs
     if not name.startswith("peft-"):
         return randlora.update_rank_of(model)
-    config = (randlora.LoRAConfig if name == "peft-lora" else randlora.RandLoRAConfig)(r=kwargs["r"])
+    if name == "peft-randlora":
+        config = randlora.RandLoRAConfig(r=kwargs["r"])
+    else:  # LoRA and VeRA: ΔW factors through r dimensions
+        config = randlora.LoRAConfig(r=kwargs["r"])
     return max((randlora.update_rank(config, out, inp) for out, inp in shapes), default=0)
 
 

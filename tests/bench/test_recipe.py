@@ -71,3 +71,11 @@ def test_clipping_changes_the_step_only_when_the_norm_exceeds_it():
     free = _trained(method="full", lr=1e-2)["train"]["loss_last"]
     tight = _trained(method="full", lr=1e-2, grad_clip=1e-4)["train"]["loss_last"]
     assert loose == pytest.approx(free, rel=1e-6) and tight != pytest.approx(free, rel=1e-6)
+
+
+def test_vera_trains_its_scaling_vectors_and_records_a_rank_of_at_most_r():
+    """peft's VeRA through the harness: per layer d (r) and b (out) train, so the count is Σ (r + out)."""
+    out = _trained(method={"name": "peft-vera", "r": 16}, targets=["q_proj", "v_proj"])
+    # tiny-llama: 2 blocks × (q_proj 64 → 64, v_proj 64 → 32: two key-value heads of 16)
+    assert out["train"]["trainable_params"] == 2 * ((16 + 64) + (16 + 32))
+    assert out["train"]["update_rank"] == 16
