@@ -113,6 +113,7 @@ def test_resume_after_the_harness_is_killed_loses_no_finished_cell(tmp_path, wri
     harness.wait()
     finished = {p.name: p.read_bytes() for p in cells_dir.glob("*.json")}
     assert 1 <= len(finished) < 3
+    assert not (run_dir / "results.parquet").exists()  # removed while cells changed: never a stale table
 
     _, alive = psutil.wait_procs(_cell_processes(run_dir), timeout=5)  # a cell needs longer than 5 s to finish
     alive = [p for p in alive if _running(p)]  # an exited process nobody reaped yet (a zombie) has stopped
@@ -125,6 +126,8 @@ def test_resume_after_the_harness_is_killed_loses_no_finished_cell(tmp_path, wri
     after = {p.name: p.read_bytes() for p in cells_dir.glob("*.json")}
     assert len(after) == 3 and all(r.status == "ok" for r in RunFolder(run_dir).records().values())
     assert {name: after[name] for name in finished} == finished  # kept byte for byte, not run again
+    table = pd.read_parquet(run_dir / "results.parquet")
+    assert sorted(table["cell_hash"]) == sorted(Path(name).stem for name in after)  # rows = the cell files
 
 
 def _running(process: psutil.Process) -> bool:
