@@ -7,6 +7,7 @@ import re
 import sys
 import types
 
+import pandas as pd
 import pytest
 from plotly.offline import get_plotlyjs
 
@@ -205,3 +206,28 @@ def test_the_verdict_names_peft_lora_and_full_fine_tuning_eager_and_compiled_whe
     assert group["baselines"] == ["our LoRA eager", "peft LoRA eager", "peft LoRA compiled", "full fine-tuning eager"]
     sentence = verdict.sentence(found)
     assert "×2.00 the tokens/s of peft LoRA" in sentence and "of full fine-tuning" in sentence
+
+
+def test_the_verdict_of_an_accuracy_study_uses_the_chosen_rate_and_no_shared_speed():
+    """Cells that shared a GPU compare on accuracy only, and only at each configuration's rate chosen on
+    validation: a bad rate of the sweep never enters the ratio."""
+    from bench.views.report import verdict
+
+    rows = []
+    for method, config, good, bad in (
+        ("randlora", "randlora.eager r=6", 0.9, 0.1), ("lora", "lora r=8", 0.6, 0.5), ("full", "full", 1.0, 0.2)
+    ):
+        for lr, score in ((1e-3, good), (1e-1, bad)):
+            for seed in (0, 1):
+                rows.append({"status": "ok", "tokens_per_s": 100.0, "memory_bytes": 10, "compile": False,
+                             "compile_scope": "model", "method": method, "impl": "eager", "config": config,
+                             "gpu_type": "G", "model": "m", "batch_size": 8, "seq_len": 16, "precision": "bf16",
+                             "cells_per_gpu": 8, "task": "t", "lr": lr, "seed": seed, "val_accuracy": score,
+                             "test_accuracy": score})
+    (group,) = verdict.groups(pd.DataFrame(rows))
+    (row,) = group["rows"]
+    parts = row["ratios"][("lora", "eager")]
+    assert set(parts) == {"accuracy"}  # no tokens/s or memory for cells that shared a GPU
+    assert parts["accuracy"].median == pytest.approx(0.9 / 0.6)
+    said = verdict.sentence([group])
+    assert "reaches ×0.90 the accuracy of full fine-tuning" in said and "accuracy only" in said

@@ -1,6 +1,7 @@
 """The report's verdict: each RandLoRA variant against named baselines, as ratios with their range over runs and seeds.
 
-    group       GPU type × model × batch size × sequence length × precision: only cells that share all five compare
+    group       GPU type × model × batch size × sequence length × precision × task: only cells that share all six
+                compare (the task is named in the title unless it is the throughput task)
     variant     a RandLoRA configuration (method randlora: impl, compiled or not, its parameters), the frame's `config`
     baselines   our LoRA (lora), peft LoRA (peft-lora), full fine-tuning (full), peft RandLora (peft-randlora), each
                 eager, compiled (whole model) and compiled per block where measured; cells of one baseline with
@@ -8,6 +9,10 @@
     ratio       variant / baseline of tokens/s, of peak memory (`memory_bytes`) and of accuracy where both have it:
                 median(variant) / median(baseline), range min(variant) / max(baseline) .. max / min over every run and
                 seed of either; a range that holds 1.0 is a "tie" (one cell per side: the range is the ratio itself)
+    accuracy    only the cells at each configuration's learning rate chosen on validation (the best mean of
+                `val_accuracy` over seeds), as the accuracy summary reports them, never every rate of a sweep
+    sharing     a group whose every cell shared its GPU (--cells-per-gpu) compares accuracy only: its speed and
+                memory are not a lone cell's
     sentence    the headline group (the one with the most cells among those that measured both peft LoRA and full
                 fine-tuning, else one of them, else any), the plain
                 RandLoRA variant (eager impl, not compiled, shortest label) against peft LoRA and full fine-tuning
@@ -19,7 +24,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-GROUP = ("gpu_type", "model", "batch_size", "seq_len", "precision")
+GROUP = ("gpu_type", "model", "batch_size", "seq_len", "precision", "task")
 BASELINES = {"lora": "our LoRA", "peft-lora": "peft LoRA", "full": "full fine-tuning", "peft-randlora": "peft RandLora"}
 HEADLINE = ("peft-lora", "full")  # the baselines the verdict's sentence names
 METRICS = (("tokens_per_s", "tokens/s"), ("memory_bytes", "memory"))
@@ -71,9 +76,13 @@ def groups(frame: pd.DataFrame) -> list[dict]:
     ok["compile"] = ok["compile"].fillna(False).astype(bool)
     ok["mode"] = ok.apply(_compiled, axis=1)
     accuracy = _accuracy_column(ok)
-    metrics = METRICS + (((accuracy, "accuracy"),) if accuracy else ())
+    chosen = _at_chosen_rate(ok) if accuracy else ok
     found = []
     for key, rows in ok.groupby(list(GROUP), sort=True, dropna=False):
+        shared = bool((pd.to_numeric(rows["cells_per_gpu"], errors="coerce").fillna(1) > 1).all())
+        metrics = (() if shared else METRICS) + (((accuracy, "accuracy"),) if accuracy else ())
+        if not metrics:
+            continue
         variants = rows[rows["method"] == "randlora"]
         present = [
             (method, mode)
@@ -87,20 +96,42 @@ def groups(frame: pd.DataFrame) -> list[dict]:
             texts, ratios = [], {}
             for method, mode in present:
                 base = rows[(rows["method"] == method) & (rows["mode"] == mode)]
-                parts = {label: ratio(cells[column], base[column]) for column, label in metrics}
+                parts = {
+                    label: ratio(_pick(cells, chosen, label)[column], _pick(base, chosen, label)[column])
+                    for column, label in metrics
+                }
                 ratios[(method, mode)] = parts
                 texts.append([{"label": label, "text": r.text(), "tie": r.tie} for label, r in parts.items() if r])
             table.append({"variant": config, "cells": texts, "ratios": ratios, "plain": _plain(cells)})
         found.append(
             {
                 "key": dict(zip(GROUP, key)),
-                "title": f"{key[0]} · {key[1]} · b{key[2]}×{key[3]} · {key[4]}",
+                "title": f"{key[0]} · {key[1]} · b{key[2]}×{key[3]} · {key[4]}"
+                + ("" if key[5] in ("throughput", None) or pd.isna(key[5]) else f" · {key[5]}"),
                 "baselines": [f"{BASELINES[m]} {mode}" for m, mode in present],
                 "rows": table,
                 "cells": len(rows),
             }
         )
     return found
+
+
+def _at_chosen_rate(frame: pd.DataFrame) -> pd.DataFrame:
+    """The cells at each configuration's rate chosen on validation (best mean `val_accuracy` over seeds); a
+    frame without validation scores is returned whole."""
+    if "val_accuracy" not in frame or frame["val_accuracy"].isna().all():
+        return frame
+    keys = [c for c in (*GROUP, "task", "config") if c in frame]
+    keep = []
+    for _, cells in frame.groupby(keys, dropna=False, sort=False):
+        means = cells.groupby("lr", dropna=False)["val_accuracy"].mean().dropna()
+        keep.append(cells[cells["lr"] == means.idxmax()] if not means.empty else cells)
+    return pd.concat(keep) if keep else frame
+
+
+def _pick(cells: pd.DataFrame, chosen: pd.DataFrame, label: str) -> pd.DataFrame:
+    """For accuracy, the cells among `cells` that sit at their configuration's chosen rate."""
+    return cells[cells.index.isin(chosen.index)] if label == "accuracy" else cells
 
 
 def _plain(cells: pd.DataFrame) -> bool:
@@ -116,7 +147,12 @@ def sentence(found: list[dict]) -> str:
     for group in sorted(found, key=weight):
         for row in sorted(group["rows"], key=lambda r: (not r["plain"], len(r["variant"]))):
             named = [(m, row["ratios"].get((m, "eager"))) for m in HEADLINE]
+            accuracy_only = [(m, parts) for m, parts in named if parts and parts.get("accuracy") and not parts.get("tokens/s")]
             named = [(m, parts) for m, parts in named if parts and parts.get("tokens/s")]
+            if accuracy_only and not named:
+                said = [f"{parts['accuracy'].text()} the accuracy of {BASELINES[m]}" for m, parts in accuracy_only]
+                return (f"On {group['title']}, RandLoRA ({row['variant']}) reaches {' and '.join(said)} at the rates "
+                        "chosen on validation (its cells shared a GPU: accuracy only).")
             if not named:
                 continue
             said = [
