@@ -33,7 +33,7 @@ COLUMNS: tuple[Column, ...] = (
     _c("status", "string", "status", "ok | oom | error | timeout | diverged | skipped"),
     _c("reason", "string", "reason", "why, for any status but ok (one line; the record keeps the traceback)"),
     _c("model", "string", "cell.model", "preset name or hf:<path>"),
-    _c("method", "string", "cell.method.name", "full | lora | randlora | peft-lora | peft-randlora"),
+    _c("method", "string", "cell.method.name", "full | lora | randlora | peft-lora | peft-randlora | peft-vera"),
     _c("impl", "string", "cell.method.impl", "the method's implementation (eager | compiled | sparse); null for peft"),
     _c("r", "Int64", "cell.method.r", "the adapter rank; null for full fine-tuning"),
     _c("alpha", "float64", "cell.method.alpha", "the adapter's alpha (scaling = alpha / r)"),
