@@ -209,4 +209,4 @@ def test_every_committed_study_keeps_its_cell_hashes():
     assert len(records) > 400
     assert all(Cell.from_dict(r.cell).hash == r.cell_hash for r in records)
     done = RunFolder(reports / "default-cpu").records()
-    assert {c.hash for c in matrix.load("default").cells} == set(done)
+    assert set(done) <= {c.hash for c in matrix.load("default").cells}  # later methods (peft-vera) add cells only
