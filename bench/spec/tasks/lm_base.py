@@ -12,7 +12,7 @@ adapted to (how far the shift is).
 
 The folder's name carries a hash of the whole recipe (sizes, optimiser, steps, seed, the corpus digest), so a
 changed recipe never loads a stale model. It is written to a temporary folder and renamed, under a file lock, so
-concurrent cells build it once (the locking is vit.py's). `python -m bench.tools.prepare_accuracy --lm-cache DIR` builds
+concurrent cells build it once (bench/spec/tasks/cache.py). `python -m bench.tools.prepare_accuracy --lm-cache DIR` builds
 it ahead of time.
 """
 
@@ -21,14 +21,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
-from bench.spec.tasks import corpus
-from bench.spec.tasks.vit import DEFAULT_CACHE, _locked
+from bench.spec.tasks import cache, corpus
+from bench.spec.tasks.cache import DEFAULT_CACHE
 
 CONTEXT = 128  # bytes per pretraining window: the longest seq_len the task accepts
 BASES = {  # LlamaConfig sizes; heads of 32 dimensions, MLP ~2.7x as in Llama
@@ -65,28 +62,11 @@ def cache_folder(cache_dir: str | None, base: str, seed: int, steps: int, corpus
     return root / f"byte-llama-{base}-s{seed}-k{steps}-{digest}"
 
 
-def _is_complete(folder: Path) -> bool:
-    return all((folder / name).is_file() for name in ("config.json", "model.safetensors", "pretrain.json"))
-
-
 def ensure_pretrained(cache_dir: str | None, base: str, seed: int, steps: int, device) -> Path:
     """The cached folder of this recipe, pretraining it on `device` first if it is not there yet."""
     code = corpus.python_code()
     folder = cache_folder(cache_dir, base, seed, steps, code.sha256())
-    if _is_complete(folder):
-        return folder
-    with _locked(folder.parent / f".{folder.name}.lock"):
-        if not _is_complete(folder):
-            scratch = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-            try:
-                pretrain(scratch, code, base, seed, steps, device)
-                scratch.chmod(0o755)  # mkdtemp's 0700 would follow the folder wherever it is carried
-                if folder.exists():  # an incomplete leftover of a killed run
-                    shutil.rmtree(folder)
-                os.replace(scratch, folder)
-            finally:
-                shutil.rmtree(scratch, ignore_errors=True)
-    return folder
+    return cache.build_once(folder, lambda scratch: pretrain(scratch, code, base, seed, steps, device))
 
 
 def random_windows(stream, batch_size: int, seq_len: int, generator):

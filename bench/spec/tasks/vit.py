@@ -16,20 +16,15 @@ written to a temporary folder and renamed, under a file lock, so concurrent cell
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import math
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
-from bench.spec.tasks import data
+from bench.spec.tasks import cache, data
+from bench.spec.tasks.cache import DEFAULT_CACHE
 
-DEFAULT_CACHE = Path("~/.cache/randlora-bench")
 CONFIG = {
     "image_size": 28,
     "patch_size": 4,
@@ -60,39 +55,13 @@ def cache_folder(cache_dir: str | None, seed: int, epochs: int, samples: int | N
     return root / f"vit-fmnist-s{seed}-e{epochs}-{digest}"
 
 
-def _is_complete(folder: Path) -> bool:
-    return all((folder / name).is_file() for name in ("config.json", "model.safetensors", "pretrain.json"))
-
-
-@contextlib.contextmanager
-def _locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def ensure_pretrained(cache_dir: str | None, seed: int, epochs: int, samples: int | None, fashion_mnist_dir: str | None,
                       device) -> Path:
     """The cached folder of this recipe, pretraining it on `device` first if it is not there yet."""
-    folder = cache_folder(cache_dir, seed, epochs, samples)
-    if _is_complete(folder):
-        return folder
-    with _locked(folder.parent / f".{folder.name}.lock"):
-        if not _is_complete(folder):
-            scratch = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-            try:
-                pretrain(scratch, seed, epochs, samples, fashion_mnist_dir, device)
-                scratch.chmod(0o755)  # mkdtemp's 0700 would follow the folder wherever it is carried
-                if folder.exists():  # an incomplete leftover of a killed run
-                    shutil.rmtree(folder)
-                os.replace(scratch, folder)
-            finally:
-                shutil.rmtree(scratch, ignore_errors=True)
-    return folder
+    return cache.build_once(
+        cache_folder(cache_dir, seed, epochs, samples),
+        lambda scratch: pretrain(scratch, seed, epochs, samples, fashion_mnist_dir, device),
+    )
 
 
 def pretrain(out: Path, seed: int, epochs: int, samples: int | None, fashion_mnist_dir: str | None, device) -> dict:
