@@ -158,7 +158,8 @@ class Runner:
             return Summary(counts, len(kept), self.folder.root, self._write_table())
 
     def _write_table(self) -> Path | None:
-        return table.write_table(self.folder)[0] if self.folder.scan()[0] else None
+        records = list(self.folder.records().values())
+        return table.write_table(self.folder, records)[0] if records else None
 
     def _set_aside_unreadable(self) -> None:
         """A record file cut short or edited by hand: a cell of this grid runs again (the file is kept aside);

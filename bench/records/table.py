@@ -174,9 +174,10 @@ def table(records: list[Record]):
     return frame.astype({c.name: c.dtype for c in COLUMNS})
 
 
-def write_table(folder: RunFolder) -> tuple[Path, Path]:
-    """results.parquet and results.csv from every record in the folder, each written atomically; their paths."""
-    records = sorted(folder.records().values(), key=lambda r: (r.started_at, r.label))
+def write_table(folder: RunFolder, records: list[Record] | None = None) -> tuple[Path, Path]:
+    """results.parquet and results.csv from every record in the folder (or `records`, already read from it), each
+    written atomically; their paths."""
+    records = sorted(folder.records().values() if records is None else records, key=lambda r: (r.started_at, r.label))
     frame = table(records)  # rows in the order the cells ran
     parquet, csv = folder.table_paths()
     replace_atomically(parquet, lambda tmp: frame.to_parquet(tmp, index=False))
