@@ -16,8 +16,8 @@ DEFAULT_CACHE = Path("~/.cache/randlora-bench")
 FILES = ("config.json", "model.safetensors", "pretrain.json")  # what a finished base folder holds
 
 
-def is_complete(folder: Path) -> bool:
-    return all((folder / name).is_file() for name in FILES)
+def is_complete(folder: Path, files: tuple[str, ...] = FILES) -> bool:
+    return all((folder / name).is_file() for name in files)
 
 
 @contextlib.contextmanager
@@ -31,12 +31,13 @@ def locked(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def build_once(folder: Path, build: Callable[[Path], object]) -> Path:
-    """`folder`, after `build(scratch)` has filled it if it was not complete yet (one builder at a time)."""
-    if is_complete(folder):
+def build_once(folder: Path, build: Callable[[Path], object], files: tuple[str, ...] = FILES) -> Path:
+    """`folder`, after `build(scratch)` has filled it (with `files`) if it was not complete yet (one builder at a
+    time)."""
+    if is_complete(folder, files):
         return folder
     with locked(folder.parent / f".{folder.name}.lock"):
-        if not is_complete(folder):
+        if not is_complete(folder, files):
             scratch = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
             try:
                 build(scratch)

@@ -77,6 +77,33 @@ def random_windows(stream, batch_size: int, seq_len: int, generator):
     return stream[(offsets + torch.arange(seq_len)).to(stream.device)].long()
 
 
+def train(model, stream, steps: int, seed: int, recipe: dict, parameters=None) -> list:
+    """`steps` AdamW steps of causal-LM loss on random windows of `stream` drawn from `seed`: a linear warm-up over
+    recipe["warmup_share"] of the steps, a cosine decay to 0, gradients clipped to recipe["grad_clip"]; the
+    parameters trained are `parameters` (default: all). Returns the losses (detached tensors), one per step."""
+    import torch
+
+    trained = list(model.parameters() if parameters is None else parameters)
+    optimizer = torch.optim.AdamW(trained, lr=recipe["lr"], betas=recipe["betas"],
+                                  weight_decay=recipe["weight_decay"])
+    warmup = max(1, round(recipe["warmup_share"] * steps))
+    shape = lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, shape)
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        batch = random_windows(stream, recipe["batch_size"], recipe["context"], generator)
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trained, recipe["grad_clip"])
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.detach())
+    return losses
+
+
 def pretrain(out: Path, code: corpus.Corpus, base: str, seed: int, steps: int, device) -> dict:
     """Train the byte Llama on `code` from `seed` for `steps` steps; save it with its record into `out`."""
     import torch
@@ -89,23 +116,7 @@ def pretrain(out: Path, code: corpus.Corpus, base: str, seed: int, steps: int, d
             transformers.LlamaConfig(**config_kwargs(base), attn_implementation="sdpa")
         ).to(device)
         stream = torch.as_tensor(code.train.astype("int64")).to(device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=RECIPE["lr"], betas=RECIPE["betas"],
-                                      weight_decay=RECIPE["weight_decay"])
-        warmup = max(1, round(RECIPE["warmup_share"] * steps))
-        shape = lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, shape)
-        generator = torch.Generator().manual_seed(seed)
-        model.train()
-        losses = []
-        for _ in range(steps):
-            batch = random_windows(stream, RECIPE["batch_size"], CONTEXT, generator)
-            loss = model(input_ids=batch, labels=batch).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), RECIPE["grad_clip"])
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.detach())
+        losses = train(model, stream, steps, seed, RECIPE)
         train_s = time.perf_counter() - started
         tail = torch.stack(losses[-max(1, steps // 10) :]).mean().item()
         code_val = score(model, torch.as_tensor(code.val.astype("int64")).to(device), CONTEXT, 64, SCORE_WINDOWS)

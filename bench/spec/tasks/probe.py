@@ -31,6 +31,7 @@ compare its samples/s with other probe cells only (its FLOP count and MFU assume
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 from bench.spec.tasks.base import Task, register
 from bench.spec.tasks.args import Arg, integer, number, one_gpu, optional, patterns, resolve_args
@@ -133,6 +134,10 @@ class Probe:
     val: Held | None = None
     test: Held | None = None
     causal: bool = False
+    # layers mode on real inputs (update_probe.py): inputs(layer index, split, rows, seed) -> x (rows, in) in the
+    # layer's dtype; the gap is then normalised on the batch itself, Σ‖x(ΔŴ − ΔW*)ᵀ‖² / Σ‖x ΔW*ᵀ‖². None: x ~ N(0, I)
+    inputs: Callable | None = None
+    extra: dict = field(default_factory=dict)  # metrics the target brings (update_probe.py: ΔW*'s spectrum)
 
 
 def build_model(cell, device, dtype):
@@ -185,22 +190,30 @@ def _bias(module):
     return getattr(getattr(module, "base_layer", module), "bias", None)
 
 
-def _layer_gap(model, probe: Probe, rows: int, seed: int):
+def _layer_gap(model, probe: Probe, rows: int, seed: int, split: str = "train"):
     """Σ_l ‖x_l (ΔŴ_l − ΔW*_l)ᵀ‖² / (rows · Σ_l ‖ΔW*_l‖²_F), x_l ~ N(0, I) (rows, in_l) drawn from `seed`.
 
     E‖x Aᵀ‖² = rows · ‖A‖²_F for such x, so the expectation is exactly the share of ΔW*'s energy not recovered.
+    With real inputs (`probe.inputs`) the denominator is the batch's own Σ_l ‖x_l ΔW*_lᵀ‖²: the share of the
+    change in the layers' outputs, on the inputs they really see, that the student misses.
     """
     import torch
     import torch.nn.functional as F
 
     layers = _adapted_layers(model, probe)
     generator = torch.Generator(device=layers[0][1].device).manual_seed(seed)
-    gap = 0.0
-    for module, w0, change in layers:
-        x = torch.randn(rows, w0.shape[1], generator=generator, device=w0.device, dtype=w0.dtype)
+    gap, reference = 0.0, 0.0
+    for index, (module, w0, change) in enumerate(layers):
+        if probe.inputs is None:
+            x = torch.randn(rows, w0.shape[1], generator=generator, device=w0.device, dtype=w0.dtype)
+        else:
+            x = probe.inputs(index, split, rows, seed)
         learned = module(x).float() - F.linear(x, w0, _bias(module)).float()  # x ΔŴᵀ
-        gap = gap + (learned - x.float() @ change.T).pow(2).sum()
-    return gap / (rows * probe.energy)
+        wanted = x.float() @ change.T
+        gap = gap + (learned - wanted).pow(2).sum()
+        if probe.inputs is not None:
+            reference = reference + wanted.pow(2).sum()
+    return gap / (rows * probe.energy) if probe.inputs is None else gap / reference
 
 
 def _stream(probe: Probe, index: int) -> int:
@@ -310,6 +323,14 @@ def learned_change(module, w0):
     return (module(eye) - module(torch.zeros_like(eye[:1]))).float().T - w0.float()
 
 
+def _trainable_share(layers: list) -> float:
+    """p/N: the trainable parameters inside the teacher's layers over the entries of their weights. A method with p
+    free numbers recovers about p/N of a change that has no structure it can exploit (a flat, full-rank ΔW* against
+    isotropic inputs): the line every probe reading is held against."""
+    trainable = {id(p): p.numel() for module, _, _ in layers for p in module.parameters() if p.requires_grad}
+    return sum(trainable.values()) / sum(w0.numel() for _, w0, _ in layers)
+
+
 def evaluate(model, info: TaskInfo, device, seed: int) -> dict:
     import torch
 
@@ -320,7 +341,7 @@ def evaluate(model, info: TaskInfo, device, seed: int) -> dict:
     with torch.no_grad():
         for split in ("val", "test"):
             if probe.match == "layers":
-                gap = _layer_gap(model, probe, probe.eval_rows, _stream(probe, HELD_OUT_STREAM[split]))
+                gap = _layer_gap(model, probe, probe.eval_rows, _stream(probe, HELD_OUT_STREAM[split]), split)
                 metrics[f"{split}_output_recovered"] = 1.0 - gap.item()
             else:
                 recovered, agreement = _held_out(model, getattr(probe, split), probe.causal)
@@ -330,11 +351,12 @@ def evaluate(model, info: TaskInfo, device, seed: int) -> dict:
     model.train(was_training)
     metrics["delta_recovered"] = 1.0 - error / probe.energy
     metrics["delta_layers"] = len(probe.layers)
+    metrics["p_over_n"] = _trainable_share(layers)
     if "test_accuracy" in metrics:
         metrics["accuracy"] = metrics["test_accuracy"]
     if probe.top_r_energy is not None:
         metrics["top_r_energy"] = probe.top_r_energy
-    return metrics
+    return {**metrics, **probe.extra}
 
 
 register(
