@@ -12,7 +12,8 @@
                             every run; a run in progress removes them first, so they are never stale
     .lock                   held by the `bench run` writing into the folder
     records.jsonl.gz        a slimmed, committed study: every record in one compressed file, in place of cells/,
-                            logs/ and specs/ (`python -m bench.tools.slim_run`); read like cells/, never written to
+                            logs/ and specs/ (`python -m bench.tools.slim_run`); read like cells/, never written to; a later pass's
+                            cells/ beside it are read over it (a cell file wins for its hash)
 """
 
 from __future__ import annotations
@@ -66,11 +67,9 @@ class RunFolder:
 
     def scan(self) -> tuple[dict[str, Record], dict[Path, str]]:
         """(every readable record by hash, {path: why it cannot be read} for the others)."""
-        records: dict[str, Record] = {}
+        records: dict[str, Record] = self._scan_archive() if self.archive.is_file() else {}
         unreadable: dict[Path, str] = {}
         if not self.cells_dir.is_dir():
-            if self.archive.is_file():
-                return self._scan_archive(), unreadable
             return records, unreadable
         for path in sorted(self.cells_dir.glob("*.json")):
             try:

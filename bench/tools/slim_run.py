@@ -6,8 +6,9 @@ Writes RUN_DIR/records.jsonl.gz (one record a line, keys sorted, so a re-slim of
 bytes), rebuilds results.parquet from it, then removes cells/, logs/ and specs/. Step times are kept to 0.1 µs
 (`STEP_TIME_DIGITS`), below the resolution of the CUDA events that measured them (about 0.5 µs); every other
 value is kept as it was. A slimmed folder may be slimmed again (from its archive). `bench report`, `bench check` and
-`bench accuracy` read the archive as they read cells/; `bench run --resume` does not (a slimmed folder is a
-finished study). Profiles and READMEs stay.
+`bench accuracy` read the archive as they read cells/, and `bench run` extends a slimmed study: its cells count as
+finished, new cells land in cells/ beside the archive (a cell file wins over the archive's record of the same hash),
+and slimming again folds them in. Profiles and READMEs stay.
 """
 
 from __future__ import annotations

@@ -43,9 +43,11 @@ CONFIG_COLUMNS = (
     "grad_clip", "basis_seed",
 )  # fmt: skip
 DEFAULT_VAL_TEST = ("val_accuracy", "test_accuracy")
-VAL_TEST = {"full-rank-probe": ("val_output_recovered", "test_output_recovered")}  # (choose on, report)
+PROBE_METRICS = ("val_output_recovered", "test_output_recovered")
+VAL_TEST = {"full-rank-probe": PROBE_METRICS, "update-probe": PROBE_METRICS}  # (choose on, report)
 DETAIL_METRICS = (
     "test_accuracy", "test_macro_f1", "test_loss", "test_output_recovered", "delta_recovered", "top_r_energy",
+    "p_over_n", "target_effective_rank", "target_stable_rank",
 )  # fmt: skip
 OUTPUT_COLUMNS = (
     *CONFIG_COLUMNS, "trainable_params", "update_rank", "lr", "lrs", "lr_edge", "max_stable_lr", "min_diverged_lr", "seeds", "failed", "select_metric", "val_mean",

@@ -99,3 +99,32 @@ def test_a_second_run_into_a_folder_in_use_is_one_sentence_and_exit_2(capsys, tm
         code, _, err = run_cli(capsys, "run", "--matrix", grid, "--run-dir", run_dir)
     assert code == 2 and err.startswith("error: run folder") and "in use" in err and len(err.splitlines()) == 1
     assert sorted(p.name for p in run_dir.iterdir()) == [".lock"]
+
+
+def test_a_slimmed_study_extended_by_a_later_pass_keeps_both(tmp_path):
+    """A committed (slimmed) folder run again with new cells: the archive's records and the new cell files are one
+    study, a cell file winning over the archive's record of the same hash, and slimming again folds them in."""
+    import gzip
+    import json
+
+    from bench.records.folder import RunFolder
+    from bench.tools import slim_run
+
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("name: ext\ninclude:\n  - {model: tiny-llama, batch_size: 2, seq_len: 8, warmup_steps: 1, steps: 1, seed: [0, 1]}\n")
+    run_dir = tmp_path / "run"
+    assert cli.main(["run", "--matrix", str(grid), "--run-dir", str(run_dir)]) == 0
+    slim_run.slim(run_dir)
+    before = RunFolder(run_dir).records()
+    assert len(before) == 2 and not (run_dir / "cells").exists()
+    grid.write_text(grid.read_text().replace("seed: [0, 1]", "seed: [0, 1, 2]"))
+    assert cli.main(["run", "--matrix", str(grid), "--run-dir", str(run_dir), "--resume"]) == 0
+    after = RunFolder(run_dir).records()
+    assert set(before) < set(after) and len(after) == 3  # the two archived cells were not run again
+    assert {h: after[h].started_at for h in before} == {h: r.started_at for h, r in before.items()}
+    import pandas as pd
+
+    assert len(pd.read_parquet(run_dir / "results.parquet")) == 3  # the table holds the whole study
+    slim_run.slim(run_dir)
+    with gzip.open(run_dir / "records.jsonl.gz", "rt") as lines:
+        assert len([json.loads(line) for line in lines]) == 3
