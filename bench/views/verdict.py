@@ -9,7 +9,12 @@
     verdict   "reproduces the paper" when RandLoRA beats LoRA at equal parameters beyond two SE where a gap exists,
               "contradicts the paper" when LoRA beats RandLoRA so, else "unresolved at this noise" (a tie, or no gap)
 
+    probes    (full-rank-probe, update-probe) the share of the target each method reproduces beside its honest
+              reference: p/N (what p free numbers recover of a change with no structure) and, for LoRA, the best any
+              rank-r update can do (`top_r_energy`, Eckart-Young)
+
 Every number is the test metric at the learning rate chosen on validation (the summary's `mean`, `std`, `seeds`).
+A task run with several `task_args` (the synthetic probe's target ranks) gets its lines per argument set.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import math
 import pandas as pd
 
 LORA_MAX_RANK = 8  # "LoRA falls short": the gap is measured against LoRA at r <= 8, as the question is asked
+PROBES = ("full-rank-probe", "update-probe")
 
 
 def _se(row) -> float:
@@ -38,18 +44,19 @@ def _fmt(diff: float, se: float) -> str:
     return f"{diff:+.4f} ± {2 * se:.4f} (2 SE)"
 
 
-def task_verdict(rows: pd.DataFrame) -> list[str]:
-    """The lines for one task (the summary's rows of that task and model)."""
+def task_verdict(rows: pd.DataFrame, args: str = "") -> list[str]:
+    """The lines for one task (the summary's rows of that task and model, and of one `task_args` where told)."""
     task, model = rows["task"].iloc[0], rows["model"].iloc[0]
     ok = rows[rows["seeds"].fillna(0) > 0]
     metric = ok["metric"].iloc[0] if len(ok) else "metric"
-    head = f"{task} ({model}, {metric})"
+    head = f"{task}{' ' + args if args else ''} ({model}, {metric})"
+    probe = _probe_lines(ok) if task in PROBES else []
     full = ok[ok["method"] == "full"]
     lora = ok[(ok["method"] == "lora") & (ok["r"] <= LORA_MAX_RANK)]
     has_bases = "n_bases" in ok.columns
     rand = ok[(ok["method"] == "randlora") & (ok["n_bases"].isna() if has_bases else True)]
     if full.empty or lora.empty:
-        return [f"{head}: no full fine-tuning or LoRA (r <= {LORA_MAX_RANK}) row; the question needs both."]
+        return [f"{head}: no full fine-tuning or LoRA (r <= {LORA_MAX_RANK}) row; the question needs both.", *probe]
     full_row = full.iloc[0]
     lora_row = lora.sort_values("r").iloc[-1]
     gap, gap_se = _diff(full_row, lora_row)
@@ -72,7 +79,28 @@ def task_verdict(rows: pd.DataFrame) -> list[str]:
             else:
                 verdict = "unresolved at this noise: RandLoRA and LoRA tie at equal parameters within two standard errors"
     lines += _rank_lines(ok, lora)
+    lines += probe
     lines.append(f"  verdict: {verdict}")
+    return lines
+
+
+def _probe_lines(ok: pd.DataFrame) -> list[str]:
+    """Each LoRA row against its rank-r ceiling, and the RandLoRA row (default bases) of the nearest count, with
+    p/N beside both: a probe's reading is only as honest as its references."""
+    if "p_over_n_mean" not in ok.columns:
+        return []
+    lines = []
+    rand = ok[(ok["method"] == "randlora") & (ok["n_bases"].isna() if "n_bases" in ok.columns else True)]
+    for _, lora in ok[ok["method"] == "lora"].sort_values("r").iterrows():
+        ceiling = lora.get("top_r_energy_mean", math.nan)
+        line = (f"  LoRA r{int(lora['r'])} (p/N {lora['p_over_n_mean']:.3f}): {lora['mean']:.4f} ± {lora['std']:.4f}"
+                f", its rank-{int(lora['r'])} ceiling {ceiling:.4f}")
+        if not rand.empty:
+            match = rand.iloc[(rand["trainable_params"] - lora["trainable_params"]).abs().argsort()].iloc[0]
+            diff, se = _diff(match, lora)
+            line += (f"; RandLoRA r{int(match['r'])} (p/N {match['p_over_n_mean']:.3f}): {match['mean']:.4f} ± "
+                     f"{match['std']:.4f}, RandLoRA − LoRA = {_fmt(diff, se)}")
+        lines.append(line)
     return lines
 
 
@@ -105,6 +133,10 @@ def _rank_lines(ok: pd.DataFrame, lora: pd.DataFrame) -> list[str]:
 def verdicts(summary: pd.DataFrame) -> list[str]:
     """Every task's lines, in the summary's order."""
     lines = []
-    for _, rows in summary.groupby(["task", "model"], sort=False):
-        lines += task_verdict(rows.reset_index(drop=True))
+    for (task, _), rows in summary.groupby(["task", "model"], sort=False):
+        if "task_args" in rows.columns and rows["task_args"].astype(str).nunique() > 1:
+            for args, group in rows.groupby(rows["task_args"].astype(str), sort=False):
+                lines += task_verdict(group.reset_index(drop=True), args)
+        else:
+            lines += task_verdict(rows.reset_index(drop=True))
     return lines

@@ -38,3 +38,21 @@ def test_no_gap_means_the_question_cannot_be_asked():
     lines = verdicts(_summary(randlora_mean=0.85, full_mean=0.801))
     assert "(not beyond two standard errors)" in lines[0]
     assert "no gap between LoRA and full fine-tuning" in lines[-1]
+
+
+def _probe_row(method, r, trainable, mean, args, p_over_n, ceiling=None):
+    return {**_row(method, r, trainable, mean), "task": "full-rank-probe", "task_args": args,
+            "metric": "test_output_recovered", "p_over_n_mean": p_over_n, "top_r_energy_mean": ceiling}
+
+
+def test_a_probe_reads_each_target_against_p_over_n_and_lora_s_ceiling():
+    rows = []
+    for args, lora_mean, rand_mean in (("{'delta_rank': 4}", 0.99, 0.40), ("{}", 0.031, 0.058)):
+        rows += [_probe_row("lora", 16, 1000, lora_mean, args, 0.05, ceiling=min(1.0, 16 / 512 if args == "{}" else 1)),
+                 _probe_row("randlora", 12, 1010, rand_mean, args, 0.051)]
+    lines = verdicts(pd.DataFrame(rows))
+    heads = [line for line in lines if not line.startswith("  ")]
+    assert [h.split(" (")[0] for h in heads] == ["full-rank-probe {'delta_rank': 4}", "full-rank-probe {}"]
+    low, full = (line for line in lines if line.startswith("  LoRA r16"))
+    assert "(p/N 0.050): 0.9900" in low and "ceiling 1.0000" in low and "RandLoRA − LoRA = -0.5900" in low
+    assert "ceiling 0.0312" in full and "RandLoRA r12 (p/N 0.051): 0.0580" in full and "= +0.0270" in full
