@@ -23,6 +23,7 @@ from bench.views.report.data import accuracy_summary, pareto_front
 # One colour per method family, stable across the charts of a page (plotly's default qualitative palette).
 PALETTE = ("#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692", "#b6e880", "#ff97ff")
 PANEL_HEIGHT = 360
+SHAPED_FROM = ("task", "model", "method", "precision", "trainable_params", "val_mean", "mean", "std")
 
 
 def _e(text) -> str:
@@ -66,8 +67,8 @@ def selected(frame: pd.DataFrame) -> pd.DataFrame | None:
     """bench/views/accuracy.py's summary of `frame` (one row per configuration, at the rate chosen on validation)
     with `family`, `label` and `pareto_val`; None when the frame holds no accuracy cells."""
     summary = accuracy_summary(frame)
-    if summary is None:
-        return None
+    if summary is None or not set(SHAPED_FROM) <= set(summary.columns):
+        return summary  # a summary of another shape is shown as it comes
     records = summary.to_dict("records")
     summary = summary.assign(
         family=[family(r) for r in records], label=[label(r) for r in records], pareto_val=False
@@ -156,6 +157,8 @@ def versus(summary: pd.DataFrame, x: str, x_title: str, title: str) -> go.Figure
 def charts(summary: pd.DataFrame) -> list[tuple[str, str, go.Figure]]:
     """(id suffix, title, figure) for accuracy against trainable parameters and against update rank."""
     out = []
+    if "pareto_val" not in summary:
+        return out
     for name, x, x_title, title in (
         ("acc-chosen-params", "trainable_params", "trainable parameters (log)",
          "Accuracy at the rate chosen on validation, against trainable parameters"),

@@ -174,7 +174,11 @@ ACCURACY_FILTERS = ("task", "model", "method", "precision")  # the columns a rea
 
 def accuracy_view(summary: pd.DataFrame) -> dict:
     """accuracy_view.selected's table as the report shows it: one row per configuration at the rate chosen on
-    validation, mean ± std as one cell, whether it is on the Pareto front of its task and model (on validation)."""
+    validation, mean ± std as one cell, whether it is on the Pareto front of its task and model (on validation);
+    a summary of another shape (without `label`) every column as it comes."""
+    if "label" not in summary.columns:
+        rows = [[_text(v) for v in r] for r in summary.itertuples(index=False)]
+        return {"columns": [str(c) for c in summary.columns], "filters": [], "rows": rows}
     rows = []
     for r in summary.to_dict("records"):
         edge = " (end of sweep)" if r.get("lr_edge") else ""
