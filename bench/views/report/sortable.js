@@ -32,6 +32,7 @@
     if (!heads.length) return;
     var bar = document.createElement("div"), count = document.createElement("span"), menus = [];
     bar.className = "filters";
+    if (table.id) bar.dataset.for = table.id;
     function apply() {
       var shown = 0, rows = table.tBodies[0].rows;
       for (var r = 0; r < rows.length; r++) {
