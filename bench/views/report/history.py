@@ -8,7 +8,7 @@ named two implementations at two versions (randlora.compiled, say) draws two poi
 
     code_version(frame)   per row: its version key, "" when unknown
     timeline(frame)       one row per (configuration, version), with `order` (the version's place in time)
-    charts(gpu_type, rows)   the figures of one GPU type, when it holds two versions or more
+    charts(gpu_type, rows)   the figures of one GPU type: the configurations measured at two versions or more
 """
 
 from __future__ import annotations
@@ -100,6 +100,10 @@ def charts(gpu_type: str, rows: pd.DataFrame) -> list[tuple[str, str, go.Figure]
     """(id suffix, title, figure): tokens/s and peak memory across code versions, for one GPU type's rows."""
     points = timeline(rows)
     points = points[points["gpu_type"] == gpu_type] if len(points) else points
+    if points.empty:
+        return []
+    spans = points.groupby(list(CONFIGURATION), dropna=False)["version"].transform("nunique")
+    points = points[spans > 1]  # a configuration measured at one version has no history to draw
     if points.empty:
         return []
     versions = points.sort_values("order")["version"].drop_duplicates().tolist()
