@@ -33,7 +33,8 @@ def code_version(frame: pd.DataFrame) -> pd.Series:
     12, else ""."""
     empty = pd.Series("", index=frame.index, dtype=object)
     commit = frame["git_commit"].fillna("").astype(str).str[:12] if "git_commit" in frame else empty
-    dirty = frame["git_dirty"].fillna(False).astype(bool) if "git_dirty" in frame else pd.Series(False, index=frame.index)
+    dirty = frame["git_dirty"] if "git_dirty" in frame else pd.Series(False, index=frame.index)
+    dirty = dirty.fillna(False).astype(bool)
     digest = frame["source_sha256"].fillna("").astype(str).str[:12] if "source_sha256" in frame else empty
     from_git = commit + dirty.map({True: "+dirty", False: ""})
     from_digest = ("src:" + digest).where(digest != "", "")
