@@ -181,7 +181,7 @@ def accuracy_view(summary: pd.DataFrame) -> dict:
         return {"columns": [str(c) for c in summary.columns], "filters": [], "rows": rows}
     rows = []
     for r in summary.to_dict("records"):
-        edge = " (end of sweep)" if r.get("lr_edge") else ""
+        edge = " (end of sweep)" if isinstance(r.get("lr_edge"), str) and r["lr_edge"] else ""  # NaN: none chosen
         rows.append(
             [r["task"], r["model"], r["family"], r["label"], r["precision"], f"{r['batch_size']}×{r['seq_len']}",
              _text(r["trainable_params"], fmt=lambda v: f"{v:,.0f}"), _text(r.get("update_rank"), fmt=lambda v: f"{v:,.0f}"),
