@@ -118,3 +118,17 @@ def test_the_timeline_orders_versions_by_time_and_keeps_one_label_at_two_version
 def test_one_version_draws_no_timeline():
     frame = throughput_cells([("lora", "abc", False, None, "1", 1.0), ("lora", "abc", False, None, "2", 2.0)])
     assert history.timeline(frame).empty and history.charts("NVIDIA H200", frame) == []
+
+
+def test_the_inlined_bundle_is_plotly_basic_and_cannot_close_its_script_element():
+    import base64
+    import gzip
+    import re
+
+    from bench.views.report import bundle
+
+    packed = bundle.gzipped_base64()
+    assert re.fullmatch(r"[A-Za-z0-9+/=]+", packed) and len(packed) < 600_000
+    source = gzip.decompress(base64.b64decode(packed)).decode("utf-8")
+    assert source.startswith("/**\n* plotly.js (basic - minified)") and "window.Plotly = Plotly" in source
+    assert source == bundle.plain()
