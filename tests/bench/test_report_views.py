@@ -58,7 +58,7 @@ def test_charts_colour_by_method_with_one_legend_entry_each():
     )
     figure = accuracy_view.versus(accuracy_view.selected(frame), "update_rank", "rank", "title")
     legend = [t.name for t in figure.data if t.showlegend is not False]
-    assert legend == ["lora", "randlora"]
+    assert legend == ["lora", "randlora.eager"]
 
 
 def test_the_every_cell_chart_has_a_trace_per_configuration_not_per_seed_or_rate():

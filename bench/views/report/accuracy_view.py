@@ -18,6 +18,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from bench.spec.cells import MethodSpec
 from bench.views.report.data import accuracy_summary, pareto_front
 
 # One colour per method family, stable across the charts of a page (plotly's default qualitative palette).
@@ -34,21 +35,22 @@ def _present(value) -> bool:
     return value is not None and value is not pd.NA and not (isinstance(value, float) and math.isnan(value))
 
 
+def _method(row: dict, keys: tuple[str, ...]) -> str:
+    """The method as bench/spec/cells.py's MethodSpec names it, with the parameters `keys` the row has."""
+    params = {k: int(row[k]) if k in ("r", "n_bases") else row[k] for k in keys if _present(row.get(k))}
+    params.setdefault("impl", "eager")  # a table from before the field: the implementation there was
+    return MethodSpec(str(row["method"]), tuple(sorted(params.items()))).label()
+
+
 def family(row: dict) -> str:
-    """What a chart colours by: the method, with RandLoRA's implementation and a basis other than the default."""
-    name = str(row["method"])
-    if _present(row.get("impl")):
-        name += f".{row['impl']}"
-    if _present(row.get("basis")) and row["basis"] != "uniform":
-        name += f" basis={row['basis']}"
-    return name
+    """What a chart colours by: the method, with its implementation where it has several and a basis other than
+    the default ("randlora.sparse basis=sparse"; "lora")."""
+    return _method(row, ("impl", "basis"))
 
 
 def label(row: dict) -> str:
-    parts = [family(row)]
-    parts += [f"r={int(row['r'])}"] if _present(row.get("r")) else []
-    parts += [f"n_bases={int(row['n_bases'])}"] if _present(row.get("n_bases")) else []
-    return " ".join([*parts, str(row["precision"])])
+    """The configuration: the family, its rank and number of bases, the precision."""
+    return f"{_method(row, ('impl', 'basis', 'r', 'n_bases'))} {row['precision']}"
 
 
 def pareto_on_validation(summary: pd.DataFrame) -> pd.Series:
