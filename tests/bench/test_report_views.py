@@ -132,3 +132,11 @@ def test_the_inlined_bundle_is_plotly_basic_and_cannot_close_its_script_element(
     source = gzip.decompress(base64.b64decode(packed)).decode("utf-8")
     assert source.startswith("/**\n* plotly.js (basic - minified)") and "window.Plotly = Plotly" in source
     assert source == bundle.plain()
+
+
+def test_a_hostile_label_reaches_the_timeline_as_text():
+    hostile = '<img src=x onerror="window.__xss=4">'
+    frame = throughput_cells([(f"lora {hostile}", None, None, d, d, 1.0) for d in ("digest-1", "digest-2")])
+    figure = history.charts("NVIDIA H200", frame)[0][2]
+    assert all(hostile not in t.name and hostile not in "".join(t.hovertext) for t in figure.data)
+    assert "&lt;img" in figure.data[0].name
