@@ -2,7 +2,7 @@
 draws), carried here gzipped and inlined as base64 that the page inflates with the browser's DecompressionStream.
 
 Measured on plotly.js 4.1.1 (bytes): full bundle 4.8 M (what the Python package inlines), cartesian 1.50 M, basic
-1.19 M; basic gzipped 395 k, as base64 526 k. A report of a typical run so weighs ~0.6-1 MB and still opens offline
+1.19 M; basic gzipped 395 k, as base64 526 k. A report of a typical run so weighs 0.6-1.3 MB and still opens offline
 with no request: nothing is fetched, the bundle is decoded from the page itself.
 
 assets/plotly-basic.min.js.gz   npm `plotly.js-basic-dist-min` 4.1.1, `gzip -9n`; MIT (assets/plotly-LICENSE.txt)
