@@ -2,10 +2,14 @@
 
 data.py        run folders -> one frame (several machines and GPU types merged), ratios, the Pareto front
 tables.py      the summary, pivots (method × precision against model × batch size), failures, environments
-charts.py      plotly figures: throughput and memory against model size, accuracy against trainable
+charts.py      plotly figures: throughput and memory against model size, every cell's accuracy against trainable
                parameters and memory, step-time spread
+accuracy_view.py   accuracy at the rate chosen on validation: the table, charts per task, the front on validation
+history.py     timelines across code versions (git commit, else source digest) when the runs hold several
 verdict.py     the page's first section: each RandLoRA variant against named baselines, ratios with their range
-template.html.j2   the page (Jinja2, autoescape on); plotly.js is inlined once, so it opens offline
+bundle.py      plotly.js's basic bundle, gzipped; the page inflates it itself, so it opens offline with no request
+sortable.js    sorting and filtering of the tables (inlined, ~4 kB)
+template.html.j2   the page (Jinja2, autoescape on)
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from pathlib import Path
 import jinja2
 import pandas as pd
 
+from bench.views.report import accuracy_view
+from bench.views.report import bundle
 from bench.views.report import charts
 from bench.views.report import data
 from bench.views.report import tables
@@ -30,13 +36,10 @@ def _slug(text: str) -> str:
     return "gpu-" + (re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown")
 
 
-def _plotly_js() -> str:
-    from plotly.offline import get_plotlyjs
+def _sortable_js() -> str:
+    from importlib import resources
 
-    source = get_plotlyjs()
-    if "</script" in source.lower():  # would end the inline <script> early; never seen, but the page would break
-        raise RuntimeError("this plotly.js contains '</script' and cannot be inlined")
-    return source
+    return resources.files("bench.views.report").joinpath("sortable.js").read_text(encoding="utf-8")
 
 
 def _plotly_file(output: Path, shared: Path) -> str:
@@ -45,17 +48,19 @@ def _plotly_file(output: Path, shared: Path) -> str:
     from bench.core.fileio import write_text
 
     if not shared.is_file():
-        write_text(shared, _plotly_js())
+        write_text(shared, bundle.plain())
     return os.path.relpath(shared.resolve(), output.resolve().parent)
 
 
 def render(runs: data.Runs, title: str, plotly_src: str | None = None) -> str:
-    """The page for `runs`, as a string; plotly.js inlined, or loaded from `plotly_src` (a relative path)."""
+    """The page for `runs`, as a string; plotly.js inlined (gzipped, see bundle.py), or loaded from `plotly_src` (a
+    relative path)."""
     frame = runs.frame
     accuracy = (data.accuracy_columns(frame) or [None])[0]
     gpus = []
     for gpu_type, rows in frame.groupby("gpu_type", sort=True):
         slug = _slug(gpu_type)
+        shown, raw = charts.charts_for(gpu_type, slug, rows, runs.records, accuracy)
         gpus.append(
             {
                 "name": gpu_type,
@@ -64,10 +69,15 @@ def render(runs: data.Runs, title: str, plotly_src: str | None = None) -> str:
                 "runs": sorted(rows["run"].unique()),
                 "machines": sorted(rows["machine"].dropna().unique()),
                 "pivots": tables.pivots(rows),
-                "charts": charts.charts_for(gpu_type, slug, rows, runs.records, accuracy),
+                "pivots_raw": bool(rows["variant"].fillna("").ne("").any()),  # a row per run, rate or seed
+                "charts": shown,
+                "raw_charts": raw,
             }
         )
-    summary = data.accuracy_summary(frame)
+    summary = accuracy_view.selected(frame)
+    accuracy_charts = [] if summary is None else [
+        charts.to_chart(name, title, fig) for name, title, fig in accuracy_view.charts(summary)
+    ]
     verdicts = verdict.groups(frame)
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("bench.views.report", "."),
@@ -87,14 +97,16 @@ def render(runs: data.Runs, title: str, plotly_src: str | None = None) -> str:
         verdict={"sentence": verdict.sentence(verdicts), "groups": verdicts},
         best=tables.summary(runs),
         accuracy_summary=tables.accuracy_view(summary) if summary is not None else None,
+        accuracy_charts=accuracy_charts,
         accuracy_columns=data.accuracy_columns(frame),
         gpus=gpus,
         failures=tables.failures(runs),
         environments=tables.environments(runs),
         memory_note=tables.MEMORY_NOTE,
         shared=shared,
-        plotly_js=None if plotly_src else _plotly_js(),
+        plotly_gz=None if plotly_src else bundle.gzipped_base64(),
         plotly_src=plotly_src,
+        sortable_js=_sortable_js(),
     )
 
 

@@ -15,7 +15,8 @@ import plotly.graph_objects as go
 import plotly.io as pio
 
 from bench.records.record import Record
-from bench.views.report.data import model_order, pareto_front
+from bench.views.report import history
+from bench.views.report.data import model_order
 from bench.views.report.tables import fmt_bytes, fmt_fraction, fmt_rate
 
 HEIGHT = 420
@@ -90,14 +91,15 @@ def versus_size(rows: pd.DataFrame, column: str, title: str, y_title: str, fmt, 
     views += [(f"batch size {int(b)}", ok[ok["batch_size"] == b]) for b in sorted(ok["batch_size"].unique())]
     fig, visibility = go.Figure(), []
     for v, (name, view) in enumerate(views):
-        for series, points in view.sort_values("total_params").groupby("_series", sort=True):
+        for (method, series), points in view.sort_values("total_params").groupby(["method", "_series"], sort=True):
             fig.add_trace(
                 go.Scatter(
                     x=points["total_params"].astype(float).tolist(),
                     y=points["_y"].tolist(),
                     mode="lines+markers",
                     name=_e(series),
-                    legendgroup=_e(series),
+                    legendgroup=_e(method),
+                    legendgrouptitle={"text": _e(method)},
                     hovertext=[_hover(r, f"{fmt(r['_raw'])} (batch {r['batch_size']})") for _, r in points.iterrows()],
                     hoverinfo="text",
                     visible=v == 0,
@@ -108,13 +110,17 @@ def versus_size(rows: pd.DataFrame, column: str, title: str, y_title: str, fmt, 
         {"label": name, "method": "update", "args": [{"visible": [t == v for t in visibility]}]}
         for v, (name, _) in enumerate(views)
     ]
-    fig.update_layout(updatemenus=[{"buttons": buttons, "x": 1.0, "xanchor": "right", "y": 1.15, "yanchor": "top"}])
+    fig.update_layout(
+        updatemenus=[{"buttons": buttons, "x": 1.0, "xanchor": "right", "y": 1.15, "yanchor": "top"}],
+        legend={"groupclick": "toggleitem"},
+    )
     return _layout(fig, title, "total parameters (log)", y_title)
 
 
 def accuracy_versus(rows: pd.DataFrame, accuracy: str, x: str, x_title: str, title: str, fmt_x) -> go.Figure | None:
-    """Accuracy of every finished cell against `x`, one colour per configuration, with the Pareto front of each
-    task and base model."""
+    """Accuracy of every finished cell (each rate and seed) against `x`: one trace per configuration and precision,
+    grouped in the legend by method, the rate and seed in each point's hover. No front here: which configuration
+    wins is decided on validation, in the accuracy section (accuracy_view.py)."""
     ok = rows[rows["status"] == "ok"].copy()
     ok["_acc"] = pd.to_numeric(ok[accuracy], errors="coerce")
     ok["_raw"] = pd.to_numeric(ok[x], errors="coerce")
@@ -124,85 +130,91 @@ def accuracy_versus(rows: pd.DataFrame, accuracy: str, x: str, x_title: str, tit
     unit, scale = bytes_unit(ok["_raw"]) if x.endswith("_bytes") else ("", 1.0)
     ok["_x"] = ok["_raw"] / scale
     x_title = x_title.replace("UNIT", unit)
-    ok["_series"] = ok.apply(_series, axis=1)
+    ok["_series"] = ok["config"] + " · " + ok["precision"]
     fig = go.Figure()
-    for series, points in ok.groupby("_series", sort=True):
+    for (method, series), points in ok.groupby(["method", "_series"], sort=True):
         fig.add_trace(
             go.Scatter(
                 x=points["_x"].tolist(),
                 y=points["_acc"].tolist(),
                 mode="markers",
                 name=_e(series),
+                legendgroup=_e(method),
+                legendgrouptitle={"text": _e(method)},
                 hovertext=[_hover(r, f"{fmt_fraction(r['_acc'])} at {fmt_x(r['_raw'])}") for _, r in points.iterrows()],
                 hoverinfo="text",
-                marker={"size": 9},
-            )
-        )
-    groups = ok.groupby(["task", "model"], sort=True)
-    for (task, model), points in groups:  # accuracies compare within one task on one base model
-        front = pareto_front(points["_x"].tolist(), points["_acc"].tolist())
-        fig.add_trace(
-            go.Scatter(
-                x=[points["_x"].iloc[i] for i in front],
-                y=[points["_acc"].iloc[i] for i in front],
-                mode="lines",
-                line={"shape": "hv", "dash": "dot", "color": "#444"},
-                name="Pareto front" + (f" ({_e(task)}, {_e(model)})" if groups.ngroups > 1 else ""),
-                hoverinfo="skip",
+                marker={"size": 7, "opacity": 0.7},
             )
         )
     fig.update_yaxes(tickformat=".0%")
+    fig.update_layout(legend={"groupclick": "toggleitem"})
     return _layout(fig, title, x_title, accuracy.replace("_", " "))
 
 
 def step_spread(rows: pd.DataFrame, records: list[Record], title: str) -> go.Figure | None:
-    """A box per finished cell over its measured step times (quartiles and extremes, computed here, so a page of
-    hundreds of cells stays small), the largest model at the top."""
+    """Per finished cell, its measured step times drawn as a box would be (a thin line min–max, a thick one for the
+    quartiles, a mark at the median; computed here, so a page of hundreds of cells stays small), the largest model
+    at the top. Three scatter traces in all: plotly's basic bundle has no box trace, and one trace per cell would
+    weigh more."""
     ok = rows[rows["status"] == "ok"].copy()
     ok["_size"] = ok["model"].map({m: n for n, m in enumerate(model_order(rows))})
-    fig = go.Figure()
+    names, stats = [], []
     for i in ok.sort_values(["_size", "config", "precision", "batch_size", "variant"]).index:
         times = records[i].train.get("step_times_s") or []
         if times:
-            low, q1, median, q3, high = (round(1e3 * float(v), 4) for v in np.quantile(times, [0, 0.25, 0.5, 0.75, 1]))
-            name = _e(" · ".join(filter(None, (ok.at[i, "label"], ok.at[i, "variant"]))))  # one row per cell
-            fig.add_trace(
-                go.Box(
-                    y=[name], q1=[q1], median=[median], q3=[q3], lowerfence=[low], upperfence=[high],
-                    name=name, orientation="h", showlegend=False,
-                )
-            )
-    if not fig.data:
+            names.append(_e(" · ".join(filter(None, (ok.at[i, "label"], ok.at[i, "variant"])))))  # one row per cell
+            stats.append([round(1e3 * float(v), 4) for v in np.quantile(times, [0, 0.25, 0.5, 0.75, 1])])
+    if not stats:
         return None
-    height = max(HEIGHT, 110 + 24 * len(fig.data))
-    fig.update_yaxes(automargin=True)
-    times = [t for trace in fig.data for t in (*trace.lowerfence, *trace.upperfence)]
-    wide = max(times) > 10 * min(times) > 0  # models of several sizes: a log axis keeps the small ones readable
+
+    def segments(lo: int, hi: int) -> tuple[list, list]:
+        xs, ys = [], []
+        for name, s in zip(names, stats):
+            xs += [s[lo], s[hi], None]
+            ys += [name, name, None]
+        return xs, ys
+
+    fig = go.Figure()
+    for (lo, hi), width in (((0, 4), 1.5), ((1, 3), 9)):
+        xs, ys = segments(lo, hi)
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line={"width": width, "color": "#636efa"},
+                                 hoverinfo="skip", showlegend=False))  # fmt: skip
+    hover = [f"{n}<br>median {s[2]} ms, quartiles {s[1]}–{s[3]}, range {s[0]}–{s[4]}" for n, s in zip(names, stats)]
+    fig.add_trace(go.Scatter(x=[s[2] for s in stats], y=names, mode="markers", hovertext=hover, hoverinfo="text",
+                             marker={"symbol": "line-ns-open", "size": 12, "color": "#1d2430"}, showlegend=False))  # fmt: skip
+    height = max(HEIGHT, 110 + 24 * len(names))
+    fig.update_yaxes(automargin=True, type="category", categoryorder="array", categoryarray=names[::-1])
+    wide = max(s[4] for s in stats) > 10 * min(s[0] for s in stats) > 0  # several model sizes: log keeps them readable
     return _layout(fig, title, "measured step time (ms" + (", log)" if wide else ")"), "", log_x=wide, height=height)
 
 
 SPEED_CHARTS = ("throughput", "memory", "acc-memory", "steps")  # meaningless for cells that shared a GPU
+RAW_CHARTS = ("acc-params", "acc-memory")  # every rate and seed: behind the page's toggle
 
 
 def charts_for(
     gpu_type: str, slug: str, rows: pd.DataFrame, records: list[Record], accuracy: str | None
-) -> list[Chart]:
-    """The charts of one GPU type's section, those that have data. When every cell of the section shared its GPU
-    (--cells-per-gpu), its speed and memory are not a lone cell's: those charts are left out (the page says why)."""
+) -> tuple[list[Chart], list[Chart]]:
+    """The charts of one GPU type's section that have data, as (shown, raw): raw are those of every cell, each
+    learning rate and seed apart (RAW_CHARTS), which the page keeps behind a toggle. When every cell of the section
+    shared its GPU (--cells-per-gpu), its speed and memory are not a lone cell's: those charts are left out (the
+    page says why)."""
     shared = bool((pd.to_numeric(rows["cells_per_gpu"], errors="coerce").fillna(1) > 1).all())
     builders = {
         "throughput": ("Throughput against model size", lambda t: versus_size(rows, "tokens_per_s", t, "tokens/s", fmt_rate, "highest")),
         "memory": ("Peak memory against model size", lambda t: versus_size(rows, "memory_bytes", t, "peak memory", fmt_bytes, "smallest batch")),
-        "acc-params": ("Accuracy against trainable parameters", lambda t: accuracy_versus(rows, accuracy, "trainable_params", "trainable parameters (log)", t, lambda v: f"{v:,.0f} trainable")),
-        "acc-memory": ("Accuracy against peak memory", lambda t: accuracy_versus(rows, accuracy, "memory_bytes", "peak memory (UNIT, log)", t, fmt_bytes)),
+        "acc-params": ("Accuracy of every cell against trainable parameters", lambda t: accuracy_versus(rows, accuracy, "trainable_params", "trainable parameters (log)", t, lambda v: f"{v:,.0f} trainable")),
+        "acc-memory": ("Accuracy of every cell against peak memory", lambda t: accuracy_versus(rows, accuracy, "memory_bytes", "peak memory (UNIT, log)", t, fmt_bytes)),
         "steps": ("Step-time spread", lambda t: step_spread(rows, records, t)),
     }  # fmt: skip
-    charts = []
+    shown, raw = [], []
     for name, (title, make) in builders.items():
         if (name.startswith("acc-") and not accuracy) or (shared and name in SPEED_CHARTS):
             continue
         title = f"{title} — {gpu_type}"
         fig = make(title)
         if fig is not None:
-            charts.append(to_chart(f"{slug}-{name}", title, fig))
-    return charts
+            (raw if name in RAW_CHARTS else shown).append(to_chart(f"{slug}-{name}", title, fig))
+    if not shared:
+        shown += [to_chart(f"{slug}-{name}", title, fig) for name, title, fig in history.charts(gpu_type, rows)]
+    return shown, raw

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from bench.spec.cells import MethodSpec
 from bench.views.report.data import LORA_METHODS, Runs, accuracy_columns, common_batch, model_order, ratio_to
 
 
@@ -78,7 +77,7 @@ def _number(value) -> float | None:
 def _value(row: pd.Series, number: float | None, fmt) -> Value:
     if row["status"] != "ok":
         return Value(str(row["status"]).upper(), str(row["reason"] or ""), f"status-{row['status']}")
-    return Value("–", "not measured") if number is None else Value(fmt(number), str(row["label"]))
+    return Value("–", "not measured") if number is None else Value(fmt(number))  # the headers name the cell
 
 
 @dataclass(frozen=True)
@@ -168,30 +167,29 @@ def _best(gpu_type: str, model: str, goal: str, row: pd.Series, value: str, vs_l
     }
 
 
-# The columns of bench/views/accuracy.py's table (its docstring) that the report shows.
-ACCURACY_VIEW = ("task", "model", "method", "precision", "batch_size", "seq_len", "trainable_params", "lr", "seeds",
-                 "val_mean", "metric", "mean", "failed")  # fmt: skip
+ACCURACY_COLUMNS = ("task", "model", "method", "configuration", "precision", "batch", "trainable", "update rank",
+                    "lr chosen", "seeds", "validation", "test metric", "test", "on the front", "failed cells")  # fmt: skip
+ACCURACY_FILTERS = ("task", "model", "method", "precision")  # the columns a reader filters the table on
 
 
 def accuracy_view(summary: pd.DataFrame) -> dict:
-    """bench/views/accuracy.py's table as the report shows it: the method as a label, mean ± std as one cell (every
-    column as it comes if the table lacks one of ACCURACY_VIEW)."""
-    if not set(ACCURACY_VIEW) <= set(summary.columns):
+    """accuracy_view.selected's table as the report shows it: one row per configuration at the rate chosen on
+    validation, mean ± std as one cell, whether it is on the Pareto front of its task and model (on validation);
+    a summary of another shape (without `label`) every column as it comes."""
+    if "label" not in summary.columns:
         rows = [[_text(v) for v in r] for r in summary.itertuples(index=False)]
-        return {"columns": [str(c) for c in summary.columns], "rows": rows}
+        return {"columns": [str(c) for c in summary.columns], "filters": [], "rows": rows}
     rows = []
     for r in summary.to_dict("records"):
-        params = {k: r[k] for k in ("impl", "r", "basis") if isinstance(r.get(k), str) or _number(r.get(k)) is not None}
-        method = MethodSpec(r["method"], tuple(sorted((k, int(v) if k == "r" else v) for k, v in params.items())))
+        edge = " (end of sweep)" if isinstance(r.get("lr_edge"), str) and r["lr_edge"] else ""  # NaN: none chosen
         rows.append(
-            [r["task"], r["model"], method.label(), r["precision"], f"{r['batch_size']}×{r['seq_len']}",
-             _text(r["trainable_params"], fmt=lambda v: f"{v:,.0f}"), _text(r["lr"], fmt=lambda v: f"{v:g}"),
-             _text(r["seeds"]), _spread(r["val_mean"], r.get("val_std")), _text(r["metric"]),
-             _spread(r["mean"], r.get("std")), _text(r["failed"])]
+            [r["task"], r["model"], r["family"], r["label"], r["precision"], f"{r['batch_size']}×{r['seq_len']}",
+             _text(r["trainable_params"], fmt=lambda v: f"{v:,.0f}"), _text(r.get("update_rank"), fmt=lambda v: f"{v:,.0f}"),
+             _text(r["lr"], fmt=lambda v: f"{v:g}") + edge, _text(r["seeds"]), _spread(r["val_mean"], r.get("val_std")),
+             _text(r["metric"]), _spread(r["mean"], r.get("std")), "yes" if r["pareto_val"] else "",
+             _text(r["failed"])]
         )  # fmt: skip
-    columns = ["task", "model", "method", "precision", "batch", "trainable", "lr chosen", "seeds", "validation",
-               "test metric", "test", "failed cells"]  # fmt: skip
-    return {"columns": columns, "rows": rows}
+    return {"columns": list(ACCURACY_COLUMNS), "filters": list(ACCURACY_FILTERS), "rows": rows}
 
 
 def _text(value, missing: str = "–", fmt=str) -> str:
