@@ -96,6 +96,7 @@ def test_the_quant_grid_lists_the_8b_and_70b_cells():
     for cell in grid.cells:
         by_quant.setdefault((cell.model, cell.quant), set()).add(cell.method.name)
     assert by_quant[("llama-8b", "nf4")] == {"randlora", "peft-lora", "peft-randlora"}
+    assert len(grid.cells) == len({c.hash for c in grid.cells}) == 11
     assert by_quant[("llama-8b", "int8")] == {"randlora", "peft-lora", "peft-randlora"}
     assert by_quant[("llama-70b", "nf4")] == {"randlora", "lora"}
     assert ("llama-8b", "none") in by_quant
