@@ -57,7 +57,39 @@ def test_the_block_by_block_build_leaves_nothing_on_meta_and_quantises_every_lin
     assert math.isfinite(loss.item()) and abs(loss.item() - math.log(info.vocab_size)) < 1.0  # random, not broken
 
 
+def test_the_build_holds_one_block_in_float_at_a_time(bnb, monkeypatch):
+    import torch
+
+    from bench.spec import quant
+    from bench.worker import quantized_build
+
+    seen = []
+    original = quant.QUANTS["nf4"]
+
+    def spy(linear):
+        model = built["model"]
+        float_blocks = {name.split(".")[2] for name, m in model.named_modules()
+                        if type(m) is torch.nn.Linear and ".layers." in name and not m.weight.is_meta}  # fmt: skip
+        seen.append(len(float_blocks))
+        return original.quantize(linear)
+
+    built = {}  # the meta model, as the build hands it to quant.quantizable before materialising anything
+    monkeypatch.setitem(quant.QUANTS, "nf4", quant.QuantBackend("nf4", "spy", spy, "is_loaded_in_4bit", "bitsandbytes"))
+    monkeypatch.setattr(quantized_build.quant, "quantizable", _root_spy(quant.quantizable, built))
+    quantized_build.build_preset("tiny-llama", "nf4", torch.float32, torch.device("cpu"))
+    assert len(seen) == 14 and max(seen) == 1  # 7 projections per block, never two blocks in float at once
+
+
+def _root_spy(quantizable, built):
+    def spy(model, skip):
+        built["model"] = model
+        return quantizable(model, skip)
+
+    return spy
+
+
 METHOD_CASES = [
+    ("nf4", {"name": "randlora", "r": 8, "precision": "bf16"}),
     ("nf4", {"name": "randlora", "r": 8}),
     ("nf4", {"name": "randlora", "impl": "sparse", "basis": "sparse", "r": 8}),
     ("int8", {"name": "randlora", "r": 8}),
@@ -69,11 +101,13 @@ METHOD_CASES = [
 ]
 
 
-@pytest.mark.parametrize("quant,method", METHOD_CASES, ids=[f"{q}-{m['name']}-{m.get('impl', '')}" for q, m in METHOD_CASES])
+@pytest.mark.parametrize("quant,method", METHOD_CASES, ids=[f"{q}-{'-'.join(map(str, m.values()))}" for q, m in METHOD_CASES])
 def test_every_adapter_method_trains_over_a_quantised_base(bnb, quant, method):
     if method["name"].startswith("peft"):
         pytest.importorskip("peft", reason="peft is not installed (pip install 'randlora-bench[peft]')")
-    cell = one_cell(quant=quant, method=method, warmup_steps=1, steps=2, lr=1e-2)
+    method = dict(method)
+    precision = method.pop("precision", "fp32")
+    cell = one_cell(quant=quant, method=method, precision=precision, warmup_steps=1, steps=2, lr=1e-2)
     record = run(cell, Options())
     assert record["status"] == "ok", record["traceback"]
     train = record["train"]
