@@ -135,3 +135,12 @@ def test_the_quant_grid_lists_the_8b_and_70b_cells():
     assert by_quant[("llama-70b", "nf4")] == {"randlora", "lora"}
     assert ("llama-8b", "none") in by_quant
     assert all(c.batch_size == 1 for c in grid.cells if c.model == "llama-70b")
+
+
+def test_the_lm_shift_quant_grid_pairs_every_configuration_on_both_bases():
+    grid = matrix.load("accuracy-h200-lm-quant")
+    pairs: dict = {}
+    for cell in grid.cells:
+        key = (cell.method.label(), cell.seed, cell.lr)
+        pairs.setdefault(key, set()).add(cell.quant)
+    assert len(grid.cells) == 24 and all(quants == {"none", "nf4"} for quants in pairs.values())
