@@ -36,6 +36,19 @@ def test_a_quantised_base_that_cannot_work_is_refused_in_one_sentence(fields, me
     assert "\n" not in str(info.value) and "Traceback" not in str(info.value)
 
 
+def test_a_cell_without_its_quant_library_is_skipped_with_the_install_line(monkeypatch):
+    import importlib.util
+
+    from bench.spec.quant import QUANTS
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    assert QUANTS["nf4"].unavailable_reason() == (
+        "quant 'nf4' needs the 'bitsandbytes' package, which is not installed (pip install 'randlora-bench[quant]')"
+    )
+    assert QUANTS["none"].unavailable_reason() is None
+
+
 @pytest.fixture(scope="module")
 def bnb():
     return pytest.importorskip("bitsandbytes", reason=NEEDS_BNB)
