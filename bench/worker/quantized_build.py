@@ -37,7 +37,9 @@ def build(cell, task, device: torch.device, dtype: torch.dtype) -> tuple[nn.Modu
     return build_preset(cell.model, cell.quant, dtype, device, cell.trainable_modules)
 
 
-def build_preset(name: str, kind: str, dtype: torch.dtype, device: torch.device, trainable=()) -> tuple[nn.Module, object]:
+def build_preset(
+    name: str, kind: str, dtype: torch.dtype, device: torch.device, trainable: tuple[str, ...] = ()
+) -> tuple[nn.Module, object]:
     """Preset `name` with random weights, its linear layers stored as `kind`, materialised block by block."""
     import transformers
 
@@ -53,11 +55,15 @@ def build_preset(name: str, kind: str, dtype: torch.dtype, device: torch.device,
     skip = methods.resolve_modules(net, trainable, "trainable_modules", linear_only=False)
     to_quantize = quant.quantizable(net, skip)
     std = getattr(config, "initializer_range", 0.02)
-    made: dict[int, nn.Parameter] = {}  # id of a meta parameter -> its materialised one (tied weights stay tied)
+    # tied weights stay tied: id of a meta parameter held twice -> its materialised one (only those are kept here,
+    # so that every other float weight is freed as soon as its layer is quantised)
+    seen: set[int] = set()
+    tied = {id(p) for _, p in net.named_parameters(remove_duplicate=False) if id(p) in seen or seen.add(id(p))}
+    made: dict[int, nn.Parameter] = {}
     for prefix, block in regional.repeated_blocks(net):
-        _materialize(block, device, std, made)
+        _materialize(block, device, std, made, tied)
         _quantize(net, [n for n in to_quantize if n.startswith(prefix + ".")], kind)
-    _materialize(net, device, std, made)
+    _materialize(net, device, std, made, tied)
     _quantize(net, [n for n in to_quantize if type(net.get_submodule(n)) is nn.Linear], kind)  # outside the blocks
     _rebuild_buffers(net, config, device)
     quant.mark(net, kind)
@@ -65,22 +71,26 @@ def build_preset(name: str, kind: str, dtype: torch.dtype, device: torch.device,
 
 
 @torch.no_grad()
-def _materialize(module: nn.Module, device: torch.device, std: float, made: dict) -> None:
-    """Allocate every meta parameter of `module` on `device` and initialise it (the module docstring's rule)."""
+def _materialize(module: nn.Module, device: torch.device, std: float, made: dict, tied: set) -> None:
+    """Allocate every meta parameter of `module` on `device` and initialise it (the module docstring's rule); a
+    parameter in `tied` is made once and recorded in `made`, so its other holder gets the same tensor."""
     for sub in module.modules():
         for key, param in list(sub._parameters.items()):
             if param is None or not param.is_meta:
                 continue
-            if id(param) not in made:
-                value = torch.empty(param.shape, dtype=param.dtype, device=device)
-                if key == "bias":
-                    value.zero_()
-                elif value.dim() == 1:
-                    value.fill_(1.0)
-                else:
-                    value.normal_(0.0, std)
-                made[id(param)] = nn.Parameter(value, requires_grad=param.requires_grad)
-            sub._parameters[key] = made[id(param)]
+            if id(param) in made:
+                sub._parameters[key] = made[id(param)]
+                continue
+            value = torch.empty(param.shape, dtype=param.dtype, device=device)
+            if key == "bias":
+                value.zero_()
+            elif value.dim() == 1:
+                value.fill_(1.0)
+            else:
+                value.normal_(0.0, std)
+            sub._parameters[key] = nn.Parameter(value, requires_grad=param.requires_grad)
+            if id(param) in tied:
+                made[id(param)] = sub._parameters[key]
 
 
 def _quantize(net: nn.Module, names: list[str], kind: str) -> None:
