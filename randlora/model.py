@@ -87,15 +87,25 @@ def _layers_of(model: nn.Module, action: str) -> list[AdapterLinear]:
     return [layer for _, layer in adapter_layers(model)]
 
 
-def merge(model: nn.Module) -> None:
+def merge(model: nn.Module, dequantize: bool = False) -> None:
     """Fold ΔW into each frozen weight (forward then runs at the base model's cost).
 
     Refused while the adapters are disabled: a disabled model must keep computing the base function, so call
-    `enable_adapters` first. Merging a merged model does nothing.
+    `enable_adapters` first. Merging a merged model does nothing. A quantised base (bitsandbytes 4-bit or int8)
+    cannot take ΔW: merge is refused, before any layer changes, unless `dequantize=True`, which first replaces each
+    quantised base by a float nn.Linear of its dequantised weight (the model then holds float weights there).
     """
     layers = _layers_of(model, "merge")
     if not all(layer.enabled for layer in layers):
         raise ConfigError("the model's adapters are disabled; call randlora.enable_adapters(model) before merge.")
+    quantized = [layer for layer in layers if layer.quant is not None and not layer.merged]
+    if quantized and not dequantize:
+        raise ConfigError(
+            f"{len(quantized)} adapted layers have a quantised base ({quantized[0].quant.name}), into which ΔW cannot "
+            "be folded; call randlora.merge(model, dequantize=True) to merge into dequantised float weights."
+        )
+    for layer in quantized:
+        layer.dequantize_base()
     for layer in layers:
         layer.merge()
 

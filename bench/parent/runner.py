@@ -35,6 +35,7 @@ from bench.records.record import Record
 from bench.spec.cells import Cell
 from bench.spec.grid import Grid
 from bench.spec.methods import METHODS
+from bench.spec.quant import QUANTS
 from bench.worker import protocol
 
 MODES = ("new", "resume", "rerun-failed", "force")
@@ -214,8 +215,10 @@ class Runner:
         ]
         if smaller_oom:
             return f"batch size {smaller_oom[0].cell['batch_size']} of the same configuration ran out of memory"
-        return METHODS[cell.method.name].unavailable_reason() or self.options.launcher.unavailable_reason(
-            cell, self.slots
+        return (
+            METHODS[cell.method.name].unavailable_reason()
+            or QUANTS[cell.quant].unavailable_reason()
+            or self.options.launcher.unavailable_reason(cell, self.slots)
         )
 
     def _run_cell(self, cell: Cell, slot: Slot, oom_at: Cell | None) -> Record | None:

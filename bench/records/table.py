@@ -39,6 +39,7 @@ COLUMNS: tuple[Column, ...] = (
     _c("alpha", "float64", "cell.method.alpha", "the adapter's alpha (scaling = alpha / r)"),
     _c("basis", "string", "cell.method.basis", "RandLoRA's basis distribution"),
     _c("precision", "string", "cell.precision", "fp32 | tf32 | bf16 | fp16-amp | bf16-amp"),
+    _c("quant", "string", "cell.quant", "the frozen base's storage: none | int8 | nf4 (bitsandbytes); null: none"),
     _c("batch_size", "Int64", "cell.batch_size", "samples per step"),
     _c("seq_len", "Int64", "cell.seq_len", "tokens per sample"),
     _c("warmup_steps", "Int64", "cell.warmup_steps", "untimed steps, the first included"),

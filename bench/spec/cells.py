@@ -20,6 +20,7 @@ from randlora import ConfigError
 from bench.spec import methods
 from bench.spec import presets
 from bench.spec.precision import PRECISIONS
+from bench.spec.quant import QUANTS
 from bench.spec.tasks import TASKS
 
 INJECTIONS = ("none", "oom", "error", "nan", "hang")  # faults a grid may inject on purpose (tests, demos)
@@ -30,6 +31,7 @@ MAX_GPUS = 64  # ranks of one cell: more is a typo, and on a CPU each would be a
 HASHED_IF_SET = {  # added later: at their defaults they stay out of the hash, so older cells keep theirs
     "task_args": {}, "gpus": 1, "head_lr": None, "compile_scope": "model",
     "lr_schedule": "constant", "lr_warmup_ratio": 0.0, "grad_clip": None, "basis_seed": None,
+    "quant": "none",
 }
 LR_SCHEDULES = ("constant", "cosine", "linear")
 BASIS_SEEDS = (None, "cell")
@@ -197,6 +199,11 @@ FIELDS: dict[str, Field] = {
     "model": Field("tiny-llama", _model, "a preset (`python -m bench list`) or 'hf:<path or hub id>'"),
     "method": Field("randlora", method_spec, "a method name, or {name: ..., <its parameters>}"),
     "precision": Field("fp32", _choice(lambda: tuple(PRECISIONS)), "how weights are stored and matmuls computed"),
+    "quant": Field(
+        "none",
+        _choice(lambda: tuple(QUANTS)),
+        "how the frozen base's linear layers are stored: none (the precision's dtype), int8 or nf4 (bitsandbytes)",
+    ),
     "batch_size": Field(1, _integer(1), "samples per step (per GPU when gpus > 1)"),
     "seq_len": Field(128, _integer(1), "tokens per sample (image models: fixed by the preset)"),
     "warmup_steps": Field(3, _integer(1), "steps before timing starts; the first one is reported as first_step_s"),
@@ -274,6 +281,7 @@ class Cell:
     lr_warmup_ratio: float = 0.0  # the share of those steps spent in a linear warm-up
     grad_clip: float | None = None  # max global gradient norm; None: no clipping
     basis_seed: str | None = None  # "cell": RandLoRA's bases from the cell's seed; None: the method's seed
+    quant: str = "none"  # the frozen base's storage: none, int8 or nf4 (bench/spec/quant.py)
 
     @property
     def task_kwargs(self) -> dict:
@@ -322,6 +330,7 @@ class Cell:
 
     def label(self) -> str:
         parts = [self.model, self.method.label(), self.precision, f"b{self.batch_size}x{self.seq_len}"]
+        parts += [f"quant={self.quant}"] if self.quant != "none" else []
         parts += [f"{self.gpus}gpus"] if self.gpus > 1 else []
         parts += compile_label(self.compile, self.compile_scope)
         parts += [f"seed{self.seed}"] if self.seed else []
@@ -354,6 +363,29 @@ def stable_hash(data: dict) -> str:
     integers), the same in every process and on every machine."""
     text = json.dumps(_canonical(data), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:HASH_CHARS]
+
+
+def _check_quant(values: dict) -> None:
+    """A quantised base needs a frozen base, one process and a device its library runs on."""
+    quant = values.get("quant", "none")
+    if quant == "none":
+        return
+    method = methods.METHODS[values["method"].name]
+    if method.trains_base:
+        raise FieldError(
+            f"quant {quant!r} stores the frozen base quantised, but method {method.name!r} trains the base's weights, "
+            "which a quantised layer cannot hold; use an adapter method or quant: none."
+        )
+    if values.get("gpus", 1) > 1:
+        raise FieldError(
+            f"quant {quant!r} runs on one GPU: FSDP2 does not shard bitsandbytes' packed weights here; "
+            "set gpus: 1 or quant: none."
+        )
+    devices = QUANTS[quant].devices
+    if values.get("device", "auto") not in ("auto", *devices):
+        raise FieldError(
+            f"quant {quant!r} runs on {' and '.join(devices)} only; set device to one of them or quant: none."
+        )
 
 
 def resolve(values: dict) -> Cell:
@@ -404,6 +436,7 @@ def resolve(values: dict) -> Cell:
             f"basis_seed 'cell' sets the seed of random bases, and method {values['method'].name!r} has none; "
             "drop basis_seed or use a RandLoRA method."
         )
+    _check_quant(values)
     uses_targets = methods.METHODS[values["method"].name].uses_targets
     return Cell(
         **{

@@ -27,6 +27,7 @@ class Method:
     resolve: Callable[[dict], dict]  # params as written -> every param with its default; raises ConfigError
     adapt: Callable  # (model, params, targets, trainable) -> the model to train
     uses_targets: bool = True  # full fine-tuning trains everything and ignores the targets
+    trains_base: bool = False  # full fine-tuning: the base's weights train, so they cannot be stored quantised
     requires: str | None = None  # a package that must be importable, else the cell is skipped
 
     def unavailable_reason(self) -> str | None:
@@ -81,7 +82,7 @@ def _project_adapt(method: str) -> Callable:
 
 
 for _name, _description, _options in (
-    ("full", "full fine-tuning: every parameter trains", {"uses_targets": False}),
+    ("full", "full fine-tuning: every parameter trains", {"uses_targets": False, "trains_base": True}),
     ("lora", "this project's LoRA (r=16, alpha=32 by default)", {}),
     (
         "randlora",

@@ -173,8 +173,13 @@ def build(model: str, dtype, device, trust_remote_code: bool = False):
         with torch.device(device), _default_dtype(dtype):
             net = getattr(transformers, preset.spec.model_class)(config)
         head, inputs = preset.spec.head, preset.spec.inputs
+    return net, model_info(net, head, inputs)
+
+
+def model_info(net, head: str, inputs: str) -> ModelInfo:
+    """What a task and the metrics need to know about `net`, a model built with the family's `head` and `inputs`."""
     config = net.config
-    info = ModelInfo(
+    return ModelInfo(
         inputs=inputs,
         head=head,
         vocab_size=getattr(config, "vocab_size", None),
@@ -184,7 +189,6 @@ def build(model: str, dtype, device, trust_remote_code: bool = False):
         num_layers=config.num_hidden_layers,
         hidden_size=config.hidden_size,
     )
-    return net, info
 
 
 def parameter_count(preset: Preset) -> int:

@@ -40,7 +40,7 @@ import pandas as pd
 CONFIG_COLUMNS = (
     "task", "task_args", "model", "method", "impl", "r", "alpha", "basis", "precision", "batch_size", "seq_len",
     "warmup_steps", "steps", "compile", "compile_scope", "head_lr", "n_bases", "lr_schedule", "lr_warmup_ratio",
-    "grad_clip", "basis_seed",
+    "grad_clip", "basis_seed", "quant",
 )  # fmt: skip
 DEFAULT_VAL_TEST = ("val_accuracy", "test_accuracy")
 PROBE_METRICS = ("val_output_recovered", "test_output_recovered")

@@ -30,6 +30,7 @@ from bench.worker import distributed
 from bench.worker import memory
 from bench.spec import methods
 from bench.worker import metrics
+from bench.worker import quantized_build
 from bench.spec import presets
 from bench.worker import timing
 from bench.spec.cells import Cell
@@ -233,7 +234,9 @@ def _update_rank(cell: Cell, model: nn.Module, shapes: list[tuple[int, int]]) ->
 
 
 def _set_up(cell: Cell, device: torch.device, precision: Precision, task, train: dict) -> _Setup:
-    if task.build_model is not None:  # an accuracy task's pretrained model (or its teacher and probe)
+    if cell.quant != "none":  # linear layers quantised; a preset is never whole in float (quantized_build.py)
+        model, info = quantized_build.build(cell, task, device, precision.param_dtype)
+    elif task.build_model is not None:  # an accuracy task's pretrained model (or its teacher and probe)
         model, info = task.build_model(cell, device, precision.param_dtype)
     else:
         model, info = presets.build(cell.model, precision.param_dtype, device, cell.trust_remote_code)
@@ -248,7 +251,7 @@ def _set_up(cell: Cell, device: torch.device, precision: Precision, task, train:
     model = methods.METHODS[cell.method.name].adapt(model, kwargs, targets, trainable)
     model.train()
     train["update_rank"] = _update_rank(cell, model, shapes)
-    matmul_params = sum(m.weight.numel() for m in base_linears)
+    matmul_params = sum(m.in_features * m.out_features for m in base_linears)  # a packed weight's numel is not
     trains_base = any(m.weight.requires_grad for m in base_linears)
     train["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     train["total_params"] = sum(p.numel() for p in model.parameters())

@@ -4,6 +4,10 @@ A subclass declares its trainable tensors as `nn.Parameter`s, implements `reset_
 ΔW = 0), `delta_weight()` (the (out, in) update in float32) and `adapted_forward(x)`. Merge, unmerge, enable and
 disable are shared here.
 
+A quantised base (`randlora.quantized`: a bitsandbytes 4-bit or int8 layer) keeps its own forward; the adapter adds
+x ΔWᵀ beside it and `merge` is refused, since ΔW cannot be folded into packed codes (`merge(model, dequantize=True)`
+swaps in a dequantised float copy first).
+
 States: a layer is enabled or disabled, and merged or not; a disabled layer is never merged (disabling unmerges,
 and merging a disabled layer is refused), so a disabled layer always computes the base function.
 
@@ -18,6 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..quantized import dequantized_linear, kind_of
 from ..targets import replace_module
 
 
@@ -47,6 +52,7 @@ class AdapterLinear(nn.Module):
         self.base = base
         self.in_features, self.out_features = base.in_features, base.out_features
         self.config = config
+        self.quant = kind_of(base)  # None for a float base; else how its weight is stored
         self.merged = False
         self.enabled = True
 
@@ -78,6 +84,11 @@ class AdapterLinear(nn.Module):
         return self.base.weight
 
     @property
+    def float_dtype(self) -> torch.dtype:
+        """The dtype the base computes in: its weight's, or for a quantised base the dtype it was quantised from."""
+        return self.base.weight.dtype if self.quant is None else self.quant.float_dtype(self.base)
+
+    @property
     def bias(self) -> torch.Tensor | None:
         return self.base.bias
 
@@ -90,6 +101,11 @@ class AdapterLinear(nn.Module):
     def merge(self) -> None:
         if not self.enabled:
             raise ConfigError("this adapter is disabled; call randlora.enable_adapters(model) before merging it.")
+        if self.quant is not None and not self.merged:
+            raise ConfigError(
+                f"this layer's base is quantised ({self.quant.name}), so ΔW cannot be folded into it; call "
+                "randlora.merge(model, dequantize=True) to replace the base by its dequantised float weight first."
+            )
         if not self.merged:
             w = self.base.weight
             w.copy_((w.float() + self.delta_weight().to(w.device)).to(w.dtype))
@@ -101,6 +117,13 @@ class AdapterLinear(nn.Module):
             w = self.base.weight
             w.copy_((w.float() - self.delta_weight().to(w.device)).to(w.dtype))
             self.merged = False
+
+    @torch.no_grad()
+    def dequantize_base(self) -> None:
+        """Replace a quantised base by a plain nn.Linear of its dequantised weight (a no-op on a float base)."""
+        if self.quant is not None:
+            self.base = dequantized_linear(self.base, self.quant)
+            self.quant = None
 
     def set_enabled(self, enabled: bool) -> None:
         if not enabled:

@@ -16,7 +16,7 @@ class LoRALinear(AdapterLinear):
     def __init__(self, base: nn.Linear, config) -> None:
         super().__init__(base, config)
         weight = base.weight
-        dtype = torch.float32 if config.param_dtype == "float32" else weight.dtype
+        dtype = torch.float32 if config.param_dtype == "float32" else self.float_dtype
         self.r, self.scaling = config.r, config.scaling
         self.lora_A = nn.Parameter(torch.empty(config.r, self.in_features, device=weight.device, dtype=dtype))
         self.lora_B = nn.Parameter(torch.empty(self.out_features, config.r, device=weight.device, dtype=dtype))

@@ -1,4 +1,12 @@
-"""RandLoRA, eager: the reference implementation every other impl is tested against."""
+"""RandLoRA, eager: the reference implementation every other impl is tested against.
+
+Over a quantised base (a bitsandbytes 4-bit or int8 layer) the forward is base(x) by the base's own kernel plus
+the adapter term in token order: y = base(x) + s · (x Asᵀ) Bᵀ (or (x B) As). The materialised order would need
+W0 + ΔW as one float matrix: a dequantised copy of W0 built in forward and again in backward (or saved, which
+costs the memory the quantisation saved, a whole model's bf16 weights at 70B). The token order saves only x
+and h (T, n·r) and leaves W0's dequantisation to the base's kernel, so it is the one used; whether a fused
+dequantise-and-add beats it is a GPU measurement for later.
+"""
 from __future__ import annotations
 
 import torch
@@ -6,11 +14,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..bases import BasisBank, num_bases
+from ..errors import ConfigError
 from ..functional import choose_contraction, delta_weight, randlora_linear
 from ..registry import register
+from ..quantized import kind_of
 from .base import AdapterLinear, autocast_off, compute_dtype
 
-_PARAM_DTYPES = {"float32": lambda weight: torch.float32, "model": lambda weight: weight.dtype}
+_PARAM_DTYPES = {"float32": lambda layer: torch.float32, "model": lambda layer: layer.float_dtype}
 
 
 @register("randlora", "eager")
@@ -24,7 +34,7 @@ class RandLoRALinear(AdapterLinear):
         self.scaling = config.scaling
         self.bank = bank  # a plain attribute: shared by every layer, never moved by .to() nor saved
         weight = base.weight
-        dtype = _PARAM_DTYPES[config.param_dtype](weight)
+        dtype = _PARAM_DTYPES[config.param_dtype](self)
         self.randlora_lambda = nn.Parameter(torch.empty(self.r, self.num_bases, device=weight.device, dtype=dtype))
         self.randlora_gamma = nn.Parameter(torch.empty(self.num_bases, self.d, device=weight.device, dtype=dtype))
         self.reset_parameters()
@@ -44,6 +54,12 @@ class RandLoRALinear(AdapterLinear):
 
     @classmethod
     def shared_state(cls, model, config, targets) -> dict:
+        quantized = [name for name, m in targets.items() if kind_of(m) is not None]
+        if quantized and config.contraction == "materialized":
+            raise ConfigError(
+                f"RandLoRAConfig.contraction is 'materialized' but target {quantized[0]!r} has a quantised base, "
+                "whose weight cannot take ΔW; use contraction 'auto' or 'tokens'."
+            )
         d_max = max(min(m.in_features, m.out_features) for m in targets.values())
         D_max = max(max(m.in_features, m.out_features) for m in targets.values())
         bank = BasisBank(
@@ -81,6 +97,12 @@ class RandLoRALinear(AdapterLinear):
         weight = self.base.weight.to(dtype)
         bias = None if self.base.bias is None else self.base.bias.to(dtype)
         fn = self.linear_function()
+        if self.quant is not None:  # W0 is packed codes: the base's own kernel, then ΔW in token order
+            base_out = self.base(x)
+            with autocast_off(x.device):
+                xc = x.to(dtype)
+                xa = self.dropout(xc) if self.dropout is not None and self.training else xc
+                return base_out.to(dtype) + fn(xa, None, None, A, B, lam, gam, 1.0, False)
         with autocast_off(x.device):
             xc = x.to(dtype)
             if self.dropout is not None and self.training:
