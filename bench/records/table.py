@@ -159,12 +159,23 @@ def _fitted(value, dtype: str):
     return value
 
 
+def _later_default(value, path: tuple[str, ...]):
+    """A cell field added after older records were written reads as its default in them (e.g. `quant` is "none"
+    in a record from before the field), so that old and new cells of one configuration group together."""
+    from bench.spec.cells import HASHED_IF_SET
+
+    if value is None and len(path) == 2 and path[0] == "cell" and isinstance(HASHED_IF_SET.get(path[1]), (str, int, float)):
+        return HASHED_IF_SET[path[1]]
+    return value
+
+
 def table(records: list[Record]):
     """A pandas DataFrame, one row per record, COLUMNS in order with their dtypes, then task metric columns."""
     import pandas as pd
 
     dicts = [r.to_dict() for r in records]
-    rows = [{c.name: _fitted(_scalar(_get(r, c.path)), c.dtype) for c in COLUMNS} for r in dicts]
+    rows = [{c.name: _fitted(_scalar(_later_default(_get(r, c.path), c.path)), c.dtype) for c in COLUMNS}
+            for r in dicts]
     extra: list[str] = []
     for row, record in zip(rows, records):
         for key, value in record.task_metrics.items():

@@ -25,6 +25,7 @@ import pandas as pd
 
 LORA_MAX_RANK = 8  # "LoRA falls short": the gap is measured against LoRA at r <= 8, as the question is asked
 PROBES = ("full-rank-probe", "update-probe")
+MATCH_TOLERANCE = 0.15  # a probe's LoRA row is set beside a RandLoRA row only within ±15 % of its trainable count
 
 
 def _se(row) -> float:
@@ -95,8 +96,9 @@ def _probe_lines(ok: pd.DataFrame) -> list[str]:
         ceiling = lora.get("top_r_energy_mean", math.nan)
         line = (f"  LoRA r{int(lora['r'])} (p/N {lora['p_over_n_mean']:.3f}): {lora['mean']:.4f} ± {lora['std']:.4f}"
                 f", its rank-{int(lora['r'])} ceiling {ceiling:.4f}")
-        if not rand.empty:
-            match = rand.iloc[(rand["trainable_params"] - lora["trainable_params"]).abs().argsort()].iloc[0]
+        near = rand[(rand["trainable_params"] / lora["trainable_params"] - 1).abs() <= MATCH_TOLERANCE]
+        if not near.empty:
+            match = near.iloc[(near["trainable_params"] - lora["trainable_params"]).abs().argsort()].iloc[0]
             diff, se = _diff(match, lora)
             line += (f"; RandLoRA r{int(match['r'])} (p/N {match['p_over_n_mean']:.3f}): {match['mean']:.4f} ± "
                      f"{match['std']:.4f}, RandLoRA − LoRA = {_fmt(diff, se)}")
@@ -130,13 +132,29 @@ def _rank_lines(ok: pd.DataFrame, lora: pd.DataFrame) -> list[str]:
     return lines
 
 
+def _differing(column: pd.Series) -> dict[str, str]:
+    """{task_args as text: "name=value ..." of only the arguments that differ between the column's values}."""
+    import json
+
+    parsed = {}
+    for value in column.astype(str).unique():
+        try:
+            parsed[value] = json.loads(value) if value.startswith("{") else {}
+        except ValueError:
+            parsed[value] = {}
+    names = sorted({k for args in parsed.values() for k in args})
+    varying = [k for k in names if len({json.dumps(args.get(k), sort_keys=True) for args in parsed.values()}) > 1]
+    return {value: " ".join(f"{k}={json.dumps(args.get(k))}" for k in varying) for value, args in parsed.items()}
+
+
 def verdicts(summary: pd.DataFrame) -> list[str]:
     """Every task's lines, in the summary's order."""
     lines = []
     for (task, _), rows in summary.groupby(["task", "model"], sort=False):
         if "task_args" in rows.columns and rows["task_args"].astype(str).nunique() > 1:
+            names = _differing(rows["task_args"])
             for args, group in rows.groupby(rows["task_args"].astype(str), sort=False):
-                lines += task_verdict(group.reset_index(drop=True), args)
+                lines += task_verdict(group.reset_index(drop=True), names.get(args, args))
         else:
             lines += task_verdict(rows.reset_index(drop=True))
     return lines

@@ -47,12 +47,19 @@ def _probe_row(method, r, trainable, mean, args, p_over_n, ceiling=None):
 
 def test_a_probe_reads_each_target_against_p_over_n_and_lora_s_ceiling():
     rows = []
-    for args, lora_mean, rand_mean in (("{'delta_rank': 4}", 0.99, 0.40), ("{}", 0.031, 0.058)):
-        rows += [_probe_row("lora", 16, 1000, lora_mean, args, 0.05, ceiling=min(1.0, 16 / 512 if args == "{}" else 1)),
+    for args, lora_mean, rand_mean in (('{"delta_rank": 4, "match": "layers"}', 0.99, 0.40), ('{"match": "layers"}', 0.031, 0.058)):
+        rows += [_probe_row("lora", 16, 1000, lora_mean, args, 0.05, ceiling=1.0 if "delta_rank" in args else 16 / 512),
                  _probe_row("randlora", 12, 1010, rand_mean, args, 0.051)]
     lines = verdicts(pd.DataFrame(rows))
     heads = [line for line in lines if not line.startswith("  ")]
-    assert [h.split(" (")[0] for h in heads] == ["full-rank-probe {'delta_rank': 4}", "full-rank-probe {}"]
+    assert [h.split(" (")[0] for h in heads] == ["full-rank-probe delta_rank=4", "full-rank-probe delta_rank=null"]
     low, full = (line for line in lines if line.startswith("  LoRA r16"))
     assert "(p/N 0.050): 0.9900" in low and "ceiling 1.0000" in low and "RandLoRA − LoRA = -0.5900" in low
     assert "ceiling 0.0312" in full and "RandLoRA r12 (p/N 0.051): 0.0580" in full and "= +0.0270" in full
+
+
+def test_a_probe_s_lora_row_is_set_beside_randlora_only_at_a_similar_count():
+    rows = [_probe_row("lora", 16, 1000, 0.5, "{}", 0.05, 0.6), _probe_row("lora", 64, 4000, 0.9, "{}", 0.2, 0.95),
+            _probe_row("randlora", 12, 1050, 0.3, "{}", 0.052)]
+    lines = [line for line in verdicts(pd.DataFrame(rows)) if line.startswith("  LoRA")]
+    assert "RandLoRA r12" in lines[0] and "RandLoRA" not in lines[1]
