@@ -142,7 +142,7 @@ def lookup(model: str) -> Preset | None:
 
 
 @contextlib.contextmanager
-def _default_dtype(dtype):
+def default_dtype(dtype):
     import torch
 
     previous = torch.get_default_dtype()
@@ -170,11 +170,15 @@ def build(model: str, dtype, device, trust_remote_code: bool = False):
     else:
         preset = PRESETS[model]
         config = getattr(transformers, preset.spec.config_class)(**preset.config, attn_implementation="sdpa")
-        with torch.device(device), _default_dtype(dtype):
+        with torch.device(device), default_dtype(dtype):
             net = getattr(transformers, preset.spec.model_class)(config)
         head, inputs = preset.spec.head, preset.spec.inputs
-    config = net.config
-    info = ModelInfo(
+    return net, model_info(net.config, head, inputs)
+
+
+def model_info(config, head: str, inputs: str) -> ModelInfo:
+    """What a task needs to know of a model, from its transformers config."""
+    return ModelInfo(
         inputs=inputs,
         head=head,
         vocab_size=getattr(config, "vocab_size", None),
@@ -184,7 +188,6 @@ def build(model: str, dtype, device, trust_remote_code: bool = False):
         num_layers=config.num_hidden_layers,
         hidden_size=config.hidden_size,
     )
-    return net, info
 
 
 def parameter_count(preset: Preset) -> int:
