@@ -4,6 +4,7 @@ data.py        run folders -> one frame (several machines and GPU types merged),
 tables.py      the summary, pivots (method × precision against model × batch size), failures, environments
 charts.py      plotly figures: throughput and memory against model size, accuracy against trainable
                parameters and memory, step-time spread
+scaling.py     tokens/s per GPU against the GPU count (1, 2, 4, 8) for each method at one model (scaling.html.j2)
 verdict.py     the page's first section: each RandLoRA variant against named baselines, ratios with their range
 template.html.j2   the page (Jinja2, autoescape on); plotly.js is inlined once, so it opens offline
 """
@@ -20,6 +21,7 @@ import pandas as pd
 
 from bench.views.report import charts
 from bench.views.report import data
+from bench.views.report import scaling
 from bench.views.report import tables
 from bench.views.report import verdict
 
@@ -89,6 +91,7 @@ def render(runs: data.Runs, title: str, plotly_src: str | None = None) -> str:
         accuracy_summary=tables.accuracy_view(summary) if summary is not None else None,
         accuracy_columns=data.accuracy_columns(frame),
         gpus=gpus,
+        scaling=scaling.tables(frame),
         failures=tables.failures(runs),
         environments=tables.environments(runs),
         memory_note=tables.MEMORY_NOTE,
