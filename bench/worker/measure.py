@@ -28,6 +28,7 @@ from randlora import regional
 
 from bench.worker import distributed
 from bench.worker import memory
+from bench.worker import meta_build
 from bench.spec import methods
 from bench.worker import metrics
 from bench.spec import presets
@@ -233,8 +234,16 @@ def _update_rank(cell: Cell, model: nn.Module, shapes: list[tuple[int, int]]) ->
 
 
 def _set_up(cell: Cell, device: torch.device, precision: Precision, task, train: dict) -> _Setup:
+    ranks = distributed.from_environment()
+    method = methods.METHODS[cell.method.name]
+    meta = None
     if task.build_model is not None:  # an accuracy task's pretrained model (or its teacher and probe)
         model, info = task.build_model(cell, device, precision.param_dtype)
+    elif ranks is not None:  # several ranks: built on the meta device, each rank materialises its shard only
+        if method.init_adapters is None:
+            raise BenchError(f"method {cell.method.name!r} cannot be built on the meta device; run it with gpus: 1.")
+        meta = meta_build.build(cell.model, precision.param_dtype, cell.trust_remote_code)
+        model, info = meta.model, meta.info
     else:
         model, info = presets.build(cell.model, precision.param_dtype, device, cell.trust_remote_code)
     base_linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
@@ -245,17 +254,22 @@ def _set_up(cell: Cell, device: torch.device, precision: Precision, task, train:
     kwargs = cell.method.kwargs
     if cell.basis_seed == "cell":  # the random bases vary with the seed, as the weights and batches do
         kwargs = {**kwargs, "seed": cell.seed}
-    model = methods.METHODS[cell.method.name].adapt(model, kwargs, targets, trainable)
+    model = method.adapt(model, kwargs, targets, trainable)
     model.train()
     train["update_rank"] = _update_rank(cell, model, shapes)
     matmul_params = sum(m.weight.numel() for m in base_linears)
     trains_base = any(m.weight.requires_grad for m in base_linears)
     train["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     train["total_params"] = sum(p.numel() for p in model.parameters())
-    ranks = distributed.from_environment()
     head_names = _parameter_names(model, trainable)
     if ranks is not None:
         distributed.init(device)
+    if meta is not None:
+        keys = meta.checkpoint_keys(model)
+        model = distributed.shard(model, precision, device, ranks.world_size)
+        meta_build.materialise(meta, model, keys, device, method.init_adapters, cell.seed)
+        train["replicated_sha256"] = distributed.check_replicated(model)
+    elif ranks is not None:
         train["replicated_sha256"] = distributed.check_replicated(model)
         model = distributed.shard(model, precision, device, ranks.world_size)
     groups = _param_groups(model, head_names, cell.lr, cell.head_lr)  # under FSDP2: this rank's shards
@@ -352,6 +366,7 @@ def _throughput(cell: Cell, setup: _Setup, precision: Precision, device_info: di
         "step_time_p90_s": stats.p90_s,
         "measured_time_s": stats.total_s,
         "tokens_per_s": metrics.throughput(tokens_per_step, step_times),
+        "tokens_per_s_per_gpu": metrics.throughput(tokens_per_step, step_times) / cell.gpus,
         "samples_per_s": metrics.throughput(samples_per_step, step_times),
         "flops_per_step": flops,
         "peak_flops": peak,
