@@ -1,6 +1,6 @@
 """One rank of the meta-device build check (tests/bench/test_meta_build.py), started by torchrun:
 
-    python -m torch.distributed.run --standalone --nproc-per-node 2 tests/bench/meta_build_worker.py OUT FOLDER DEVICE
+    python -m torch.distributed.run --standalone --nproc-per-node 2 tests/bench/meta_build_worker.py OUT FOLDER DEVICE [IMPL]
 
 Two models, each built as a cell of several GPUs builds it (bench.worker.meta_build): on the meta device, adapted
 with parity.py's RandLoRA, sharded with FSDP2, then materialised on this rank's device.
@@ -28,29 +28,29 @@ from tests.bench.parity import CONFIG, GLOBAL_BATCH, global_batch, one_step, ran
 Q_PROJ = "model.layers.0.self_attn.q_proj.base.weight"  # a weight whose rows the test compares across ranks
 
 
-def sharded(model_name: str, device: torch.device, world_size: int):
+def sharded(model_name: str, device: torch.device, world_size: int, impl: str):
     """(the model materialised on `device`, {parameter name: checkpoint key}, the replicated state's digest)."""
     meta = meta_build.build(model_name, torch.float32)
-    model = randlora.adapt(meta.model, randlora.RandLoRAConfig(**CONFIG)).train()
+    model = randlora.adapt(meta.model, randlora.RandLoRAConfig(**CONFIG, impl=impl)).train()
     keys = meta.checkpoint_keys(model)
     model = distributed.shard(model, PRECISIONS["fp32"], device, world_size)
     meta_build.materialise(meta, model, keys, device, randlora.init_adapters, seed=0)
     return model, keys, distributed.check_replicated(model)
 
 
-def main(out: str, folder: str, device_type: str) -> None:
+def main(out: str, folder: str, device_type: str, impl: str = "eager") -> None:
     ranks = distributed.from_environment()
     device = torch.device("cuda", ranks.local_rank) if device_type == "cuda" else torch.device("cpu")
     distributed.init(device)
     batch = distributed.rank_slice(lambda step: global_batch(device), ranks, GLOBAL_BATCH // ranks.world_size)(0)
 
-    loaded, _, loaded_digest = sharded(f"hf:{folder}", device, ranks.world_size)
+    loaded, _, loaded_digest = sharded(f"hf:{folder}", device, ranks.world_size, impl)
     with torch.no_grad():
         for p, value in random_lambdas(loaded):
             meta_build.copy_rows(p, lambda start, stop: value[start:stop])
     loss, grads, loss_after = one_step(loaded, batch)
 
-    model, keys, random_digest = sharded("tiny-llama", device, ranks.world_size)
+    model, keys, random_digest = sharded("tiny-llama", device, ranks.world_size, impl)
     with torch.no_grad():
         random_loss = model(**batch).loss
     model.reshard()  # the root keeps its parameters gathered after a forward: back to the shards
