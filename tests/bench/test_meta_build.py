@@ -14,6 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bench.core.errors import BenchError
 from bench.spec import methods, presets
 from bench.worker import meta_build
 
@@ -110,3 +111,19 @@ def test_a_method_built_on_the_meta_device_starts_as_its_base_model(name):
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids=ids).logits, base(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
     assert base.model.layers[0].self_attn.q_proj.weight.std().item() == pytest.approx(0.02, rel=0.1)
+
+
+def test_loading_reads_each_parameter_under_its_checkpoint_key_and_names_a_missing_one(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"proj.weight": torch.arange(6.0).reshape(3, 2), "proj.bias": torch.ones(3)}, tmp_path / "m.safetensors")
+    layer = torch.nn.Linear(2, 3)
+    meta_build.load_shards(layer, tmp_path, {"weight": "proj.weight", "bias": "proj.bias"})
+    assert layer.weight.tolist() == [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]] and layer.bias.tolist() == [1.0] * 3
+    with pytest.raises(BenchError, match=r"no safetensors file in .* holds 'proj.scale' \(the model's 'weight'\)"):
+        meta_build.load_shards(layer, tmp_path, {"weight": "proj.scale"})
+
+
+def test_an_hf_model_not_on_this_machine_is_refused_with_how_to_get_it():
+    with pytest.raises(BenchError, match="huggingface-cli download no-such-org/no-such-model"):
+        meta_build.build("hf:no-such-org/no-such-model", torch.float32)
