@@ -1,6 +1,6 @@
 """One rank of the meta-device build check (tests/bench/test_meta_build.py), started by torchrun:
 
-    python -m torch.distributed.run --standalone --nproc-per-node 2 tests/bench/meta_build_worker.py OUT FOLDER DEVICE [IMPL]
+    torchrun --standalone --nproc-per-node 2 tests/bench/meta_build_worker.py OUT FOLDER DEVICE [IMPL]
 
 Two models, each built as a cell of several GPUs builds it (bench.worker.meta_build): on the meta device, adapted
 with parity.py's RandLoRA, sharded with FSDP2, then materialised on this rank's device.
