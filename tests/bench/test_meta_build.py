@@ -127,3 +127,17 @@ def test_loading_reads_each_parameter_under_its_checkpoint_key_and_names_a_missi
 def test_an_hf_model_not_on_this_machine_is_refused_with_how_to_get_it():
     with pytest.raises(BenchError, match="huggingface-cli download no-such-org/no-such-model"):
         meta_build.build("hf:no-such-org/no-such-model", torch.float32)
+
+
+@pytest.mark.parametrize("name", [n for n, m in methods.METHODS.items() if m.init_adapters is None])
+def test_a_method_whose_bases_are_drawn_while_adapting_is_refused_on_several_gpus(name, monkeypatch):
+    from bench.spec.precision import PRECISIONS
+    from bench.spec.tasks import TASKS
+    from bench.worker import measure
+
+    from .conftest import one_cell
+
+    monkeypatch.setenv("WORLD_SIZE", "2"), monkeypatch.setenv("RANK", "0"), monkeypatch.setenv("LOCAL_RANK", "0")
+    cell = one_cell(method={"name": name}, gpus=2)
+    with pytest.raises(BenchError, match=f"method '{name}' cannot be built on the meta device; run it with gpus: 1"):
+        measure._set_up(cell, torch.device("cpu"), PRECISIONS["fp32"], TASKS[cell.task], {})
