@@ -233,19 +233,36 @@ def _update_rank(cell: Cell, model: nn.Module, shapes: list[tuple[int, int]]) ->
     return max((randlora.update_rank(config, out, inp) for out, inp in shapes), default=0)
 
 
+def _build(cell: Cell, device: torch.device, precision: Precision, task, ranks) -> tuple:
+    """(model, ModelInfo, MetaModel or None): a task's own model or a preset / hf: model on `device`; for a cell of
+    several ranks, a preset / hf: model on the meta device, which `_distribute` materialises shard by shard."""
+    if task.build_model is not None:  # an accuracy task's pretrained model (or its teacher and probe)
+        return *task.build_model(cell, device, precision.param_dtype), None
+    if ranks is None:
+        return *presets.build(cell.model, precision.param_dtype, device, cell.trust_remote_code), None
+    if methods.METHODS[cell.method.name].init_adapters is None:
+        raise BenchError(f"method {cell.method.name!r} cannot be built on the meta device; run it with gpus: 1.")
+    meta = meta_build.build(cell.model, precision.param_dtype, cell.trust_remote_code)
+    return meta.model, meta.info, meta
+
+
+def _distribute(cell: Cell, model: nn.Module, meta, precision: Precision, device: torch.device, ranks, train: dict):
+    """The adapted `model` sharded over the cell's ranks with FSDP2, after every rank proved it holds the same bases
+    and buffers (train["replicated_sha256"]). A meta-device build is sharded first, then materialised."""
+    distributed.init(device)
+    if meta is None:  # built whole on every rank
+        train["replicated_sha256"] = distributed.check_replicated(model)
+        return distributed.shard(model, precision, device, ranks.world_size)
+    keys = meta.checkpoint_keys(model)
+    model = distributed.shard(model, precision, device, ranks.world_size)
+    meta_build.materialise(meta, model, keys, device, methods.METHODS[cell.method.name].init_adapters, cell.seed)
+    train["replicated_sha256"] = distributed.check_replicated(model)
+    return model
+
+
 def _set_up(cell: Cell, device: torch.device, precision: Precision, task, train: dict) -> _Setup:
     ranks = distributed.from_environment()
-    method = methods.METHODS[cell.method.name]
-    meta = None
-    if task.build_model is not None:  # an accuracy task's pretrained model (or its teacher and probe)
-        model, info = task.build_model(cell, device, precision.param_dtype)
-    elif ranks is not None:  # several ranks: built on the meta device, each rank materialises its shard only
-        if method.init_adapters is None:
-            raise BenchError(f"method {cell.method.name!r} cannot be built on the meta device; run it with gpus: 1.")
-        meta = meta_build.build(cell.model, precision.param_dtype, cell.trust_remote_code)
-        model, info = meta.model, meta.info
-    else:
-        model, info = presets.build(cell.model, precision.param_dtype, device, cell.trust_remote_code)
+    model, info, meta = _build(cell, device, precision, task, ranks)
     base_linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     trainable = methods.resolve_modules(model, cell.trainable_modules, "trainable_modules", linear_only=False)
     targets = methods.resolve_modules(model, cell.targets, "targets", linear_only=True, exclude=trainable)
@@ -254,7 +271,7 @@ def _set_up(cell: Cell, device: torch.device, precision: Precision, task, train:
     kwargs = cell.method.kwargs
     if cell.basis_seed == "cell":  # the random bases vary with the seed, as the weights and batches do
         kwargs = {**kwargs, "seed": cell.seed}
-    model = method.adapt(model, kwargs, targets, trainable)
+    model = methods.METHODS[cell.method.name].adapt(model, kwargs, targets, trainable)
     model.train()
     train["update_rank"] = _update_rank(cell, model, shapes)
     matmul_params = sum(m.weight.numel() for m in base_linears)
@@ -263,15 +280,7 @@ def _set_up(cell: Cell, device: torch.device, precision: Precision, task, train:
     train["total_params"] = sum(p.numel() for p in model.parameters())
     head_names = _parameter_names(model, trainable)
     if ranks is not None:
-        distributed.init(device)
-    if meta is not None:
-        keys = meta.checkpoint_keys(model)
-        model = distributed.shard(model, precision, device, ranks.world_size)
-        meta_build.materialise(meta, model, keys, device, method.init_adapters, cell.seed)
-        train["replicated_sha256"] = distributed.check_replicated(model)
-    elif ranks is not None:
-        train["replicated_sha256"] = distributed.check_replicated(model)
-        model = distributed.shard(model, precision, device, ranks.world_size)
+        model = _distribute(cell, model, meta, precision, device, ranks, train)
     groups = _param_groups(model, head_names, cell.lr, cell.head_lr)  # under FSDP2: this rank's shards
     if cell.compile:
         model = COMPILERS[cell.compile_scope](model)
