@@ -68,6 +68,7 @@ COLUMNS: tuple[Column, ...] = (
     _c("total_params", "Int64", "train.total_params", "all parameters of the adapted model"),
     _c("tokens_per_step", "Int64", "train.tokens_per_step", "batch_size × seq_len"),
     _c("tokens_per_s", "float64", "train.tokens_per_s", "Σ tokens / Σ measured step time"),
+    _c("tokens_per_s_per_gpu", "float64", "train.tokens_per_s_per_gpu", "tokens_per_s / gpus: the scaling view's"),
     _c("samples_per_s", "float64", "train.samples_per_s", "Σ samples / Σ measured step time"),
     _c("step_time_median_s", "float64", "train.step_time_median_s", "median device time of a measured step"),
     _c("step_time_p10_s", "float64", "train.step_time_p10_s", "10th percentile"),
@@ -86,6 +87,7 @@ COLUMNS: tuple[Column, ...] = (
     _c("matmul_ceiling_flops", "float64", "train.matmul_ceiling_flops", "measured matmul FLOP/s (--measure-ceiling)"),
     _c("mfu_vs_ceiling", "float64", "train.mfu_vs_ceiling", "achieved model FLOP/s over the measured ceiling"),
     _c("loss_last", "float64", "train.loss_last", "the loss of the last measured step"),
+    # of one GPU: a cell of N ranks records the largest rank's (bench.worker.distributed.merge_memory)
     _c("peak_allocated_bytes", "Int64", "memory.peak_allocated_bytes", "torch max_memory_allocated, measured steps"),
     _c("peak_reserved_bytes", "Int64", "memory.peak_reserved_bytes", "torch max_memory_reserved, measured steps"),
     _c("cell_peak_allocated_bytes", "Int64", "memory.cell_peak_allocated_bytes", "max_memory_allocated, whole cell"),

@@ -29,6 +29,9 @@ class Method:
     uses_targets: bool = True  # full fine-tuning trains everything and ignores the targets
     trains_base: bool = False  # full fine-tuning: the base's weights train, so they cannot be stored quantised
     requires: str | None = None  # a package that must be importable, else the cell is skipped
+    # After a meta-device build's to_empty (bench/worker/meta_build.py): the adapters as a fresh one starts;
+    # None: the method cannot be built on the meta device (its frozen bases are buffers drawn while adapting)
+    init_adapters: Callable | None = None
 
     def unavailable_reason(self) -> str | None:
         if self.requires and importlib.util.find_spec(self.requires) is None:
@@ -81,19 +84,34 @@ def _project_adapt(method: str) -> Callable:
     return adapt
 
 
+def _no_adapters(model) -> None:
+    """Full fine-tuning has no adapter to initialise."""
+
+
 for _name, _description, _options in (
-    ("full", "full fine-tuning: every parameter trains", {"uses_targets": False, "trains_base": True}),
-    ("lora", "this project's LoRA (r=16, alpha=32 by default)", {}),
+    ("full", "full fine-tuning: every parameter trains",
+     {"uses_targets": False, "trains_base": True, "init_adapters": _no_adapters}),
+    ("lora", "this project's LoRA (r=16, alpha=32 by default)", {"init_adapters": randlora.init_adapters}),
     (
         "randlora",
         "this project's RandLoRA; impl eager | compiled | sparse, basis uniform | normal | sparse | very_sparse",
-        {},
+        {"init_adapters": randlora.init_adapters},
     ),
 ):
     register(_name, _description, _project_params(_name), **_options)(_project_adapt(_name))
 
 
 # --- peft's methods ---------------------------------------------------------------------------------------------
+def _init_peft_lora(model) -> None:
+    """peft's own initialisation of every LoRA adapter (A Kaiming-uniform, B = 0), as get_peft_model does it."""
+    from peft.tuners.lora.layer import LoraLayer
+
+    for module in model.modules():
+        if isinstance(module, LoraLayer):
+            for adapter in module.lora_A:
+                module.reset_lora_parameters(adapter, init_lora_weights=True)
+
+
 def _check_positive_int(name: str, value) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ConfigError(f"{name} is {value!r}; it must be a positive integer.")
@@ -139,6 +157,7 @@ def _check_peft_basis(name: str, value) -> None:
         {"r": _check_positive_int, "alpha": _check_positive_number, "dropout": _check_fraction},
     ),
     requires="peft",
+    init_adapters=_init_peft_lora,
 )
 def _peft_lora(model, params: dict, targets: tuple[str, ...], trainable: tuple[str, ...]):
     import peft

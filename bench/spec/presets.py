@@ -142,7 +142,7 @@ def lookup(model: str) -> Preset | None:
 
 
 @contextlib.contextmanager
-def _default_dtype(dtype):
+def default_dtype(dtype):
     import torch
 
     previous = torch.get_default_dtype()
@@ -170,15 +170,14 @@ def build(model: str, dtype, device, trust_remote_code: bool = False):
     else:
         preset = PRESETS[model]
         config = getattr(transformers, preset.spec.config_class)(**preset.config, attn_implementation="sdpa")
-        with torch.device(device), _default_dtype(dtype):
+        with torch.device(device), default_dtype(dtype):
             net = getattr(transformers, preset.spec.model_class)(config)
         head, inputs = preset.spec.head, preset.spec.inputs
-    return net, model_info(net, head, inputs)
+    return net, model_info(net.config, head, inputs)
 
 
-def model_info(net, head: str, inputs: str) -> ModelInfo:
-    """What a task and the metrics need to know about `net`, a model built with the family's `head` and `inputs`."""
-    config = net.config
+def model_info(config, head: str, inputs: str) -> ModelInfo:
+    """What a task needs to know of a model, from its transformers config."""
     return ModelInfo(
         inputs=inputs,
         head=head,

@@ -1,12 +1,13 @@
 """A cell with `gpus: N > 1`, seen from one of its N ranks: the process group, FSDP2, and what the ranks agree on.
 
 torchrun starts N copies of `python -m bench.worker <spec>` with RANK, WORLD_SIZE and LOCAL_RANK set (see
-`bench.worker.agent`). Each rank builds the whole model from the cell's seed on its own device, adapts it,
-checks that it holds the same replicated state as every other rank, then shards it:
+`bench.worker.agent`). Each rank builds the model on the meta device and adapts it, shards it:
 
     fully_shard(block) for every transformer block (the model's `_no_split_modules`), then fully_shard(model)
 
-so a rank keeps 1/N of every parameter, gradient and optimizer state and all-gathers one block at a time.
+then materialises its shards only (bench/worker/meta_build.py) and checks that it holds the same replicated state
+as every other rank. A rank keeps 1/N of every parameter, gradient and optimizer state and all-gathers one block at
+a time. (An accuracy task's own model, `task.build_model`, is still built whole on every rank, then sharded.)
 RandLoRA's λ and γ are parameters of the adapter layers inside a block: they are sharded with it and travel in the
 block's all-gather, at no extra collective (replicating them would need an all-reduce of their gradients of its
 own). The shared bases are plain attributes of the layers, neither parameters nor buffers, so FSDP never sees

@@ -28,6 +28,7 @@ from randlora import regional
 
 from bench.worker import distributed
 from bench.worker import memory
+from bench.worker import meta_build
 from bench.spec import methods
 from bench.worker import metrics
 from bench.worker import quantized_build
@@ -233,13 +234,38 @@ def _update_rank(cell: Cell, model: nn.Module, shapes: list[tuple[int, int]]) ->
     return max((randlora.update_rank(config, out, inp) for out, inp in shapes), default=0)
 
 
-def _set_up(cell: Cell, device: torch.device, precision: Precision, task, train: dict) -> _Setup:
+def _build(cell: Cell, device: torch.device, precision: Precision, task, ranks) -> tuple:
+    """(model, ModelInfo, MetaModel or None): a task's own model or a preset / hf: model on `device`; for a cell of
+    several ranks, a preset / hf: model on the meta device, which `_distribute` materialises shard by shard."""
     if cell.quant != "none":  # linear layers quantised; a preset is never whole in float (quantized_build.py)
-        model, info = quantized_build.build(cell, task, device, precision.param_dtype)
-    elif task.build_model is not None:  # an accuracy task's pretrained model (or its teacher and probe)
-        model, info = task.build_model(cell, device, precision.param_dtype)
-    else:
-        model, info = presets.build(cell.model, precision.param_dtype, device, cell.trust_remote_code)
+        return *quantized_build.build(cell, task, device, precision.param_dtype), None
+    if task.build_model is not None:  # an accuracy task's pretrained model (or its teacher and probe)
+        return *task.build_model(cell, device, precision.param_dtype), None
+    if ranks is None:
+        return *presets.build(cell.model, precision.param_dtype, device, cell.trust_remote_code), None
+    if methods.METHODS[cell.method.name].init_adapters is None:
+        raise BenchError(f"method {cell.method.name!r} cannot be built on the meta device; run it with gpus: 1.")
+    meta = meta_build.build(cell.model, precision.param_dtype, cell.trust_remote_code)
+    return meta.model, meta.info, meta
+
+
+def _distribute(cell: Cell, model: nn.Module, meta, precision: Precision, device: torch.device, ranks, train: dict):
+    """The adapted `model` sharded over the cell's ranks with FSDP2, after every rank proved it holds the same bases
+    and buffers (train["replicated_sha256"]). A meta-device build is sharded first, then materialised."""
+    distributed.init(device)
+    if meta is None:  # built whole on every rank
+        train["replicated_sha256"] = distributed.check_replicated(model)
+        return distributed.shard(model, precision, device, ranks.world_size)
+    keys = meta.checkpoint_keys(model)
+    model = distributed.shard(model, precision, device, ranks.world_size)
+    meta_build.materialise(meta, model, keys, device, methods.METHODS[cell.method.name].init_adapters, cell.seed)
+    train["replicated_sha256"] = distributed.check_replicated(model)
+    return model
+
+
+def _set_up(cell: Cell, device: torch.device, precision: Precision, task, train: dict) -> _Setup:
+    ranks = distributed.from_environment()
+    model, info, meta = _build(cell, device, precision, task, ranks)
     base_linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     trainable = methods.resolve_modules(model, cell.trainable_modules, "trainable_modules", linear_only=False)
     targets = methods.resolve_modules(model, cell.targets, "targets", linear_only=True, exclude=trainable)
@@ -255,12 +281,9 @@ def _set_up(cell: Cell, device: torch.device, precision: Precision, task, train:
     trains_base = any(m.weight.requires_grad for m in base_linears)
     train["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     train["total_params"] = sum(p.numel() for p in model.parameters())
-    ranks = distributed.from_environment()
     head_names = _parameter_names(model, trainable)
     if ranks is not None:
-        distributed.init(device)
-        train["replicated_sha256"] = distributed.check_replicated(model)
-        model = distributed.shard(model, precision, device, ranks.world_size)
+        model = _distribute(cell, model, meta, precision, device, ranks, train)
     groups = _param_groups(model, head_names, cell.lr, cell.head_lr)  # under FSDP2: this rank's shards
     if cell.compile:
         model = COMPILERS[cell.compile_scope](model)
@@ -355,6 +378,7 @@ def _throughput(cell: Cell, setup: _Setup, precision: Precision, device_info: di
         "step_time_p90_s": stats.p90_s,
         "measured_time_s": stats.total_s,
         "tokens_per_s": metrics.throughput(tokens_per_step, step_times),
+        "tokens_per_s_per_gpu": metrics.throughput(tokens_per_step, step_times) / cell.gpus,
         "samples_per_s": metrics.throughput(samples_per_step, step_times),
         "flops_per_step": flops,
         "peak_flops": peak,

@@ -67,7 +67,7 @@ def build_preset(
     _quantize(net, [n for n in to_quantize if type(net.get_submodule(n)) is nn.Linear], kind)  # outside the blocks
     _rebuild_buffers(net, config, device)
     quant.mark(net, kind)
-    return net, presets.model_info(net, preset.spec.head, preset.spec.inputs)
+    return net, presets.model_info(net.config, preset.spec.head, preset.spec.inputs)
 
 
 @torch.no_grad()

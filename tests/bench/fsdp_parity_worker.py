@@ -13,11 +13,12 @@ from __future__ import annotations
 import sys
 
 import torch
+import torch.distributed as dist
 
 import randlora
 from bench.worker import distributed
 from bench.spec.precision import PRECISIONS
-from tests.bench.parity import GLOBAL_BATCH, adapted_model, global_batch, trainable_grads
+from tests.bench.parity import GLOBAL_BATCH, adapted_model, global_batch, one_step
 
 
 def main(out: str, device_type: str, impl: str = "eager") -> None:
@@ -29,13 +30,7 @@ def main(out: str, device_type: str, impl: str = "eager") -> None:
     model = distributed.shard(model, PRECISIONS["fp32"], device, ranks.world_size)
     batch = distributed.rank_slice(lambda step: global_batch(device), ranks, GLOBAL_BATCH // ranks.world_size)(0)
 
-    loss = model(**batch).loss
-    loss.backward()
-    grads = {name: grad.full_tensor().cpu() for name, grad in trainable_grads(model).items()}
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    optimizer.step()
-    with torch.no_grad():
-        loss_after = model(**batch).loss
+    loss, grads, loss_after = one_step(model, batch)
 
     bank = next(layer.bank for _, layer in randlora.adapter_layers(model))
     if ranks.rank == 1:
@@ -47,6 +42,7 @@ def main(out: str, device_type: str, impl: str = "eager") -> None:
         mismatch = str(exc)
 
     result = {
+        "backend": dist.get_backend(),
         "loss": distributed.mean(loss.item(), device),
         "loss_after_step": distributed.mean(loss_after.item(), device),
         "grads": grads,

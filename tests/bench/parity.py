@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 import torch
 
 import randlora
 from bench.spec import presets
 
+REPO = Path(__file__).resolve().parents[2]
 GLOBAL_BATCH, SEQ_LEN = 4, 24  # 2 rows per rank at 2 ranks
+BACKENDS = {"cpu": "gloo", "cuda": "nccl"}  # the process group a device's ranks must have joined
+CUDA_GPUS = torch.cuda.device_count()
+GPU_PAIR = pytest.mark.skipif(
+    CUDA_GPUS < 2, reason=f"the NCCL run needs 2 CUDA GPUs and torch sees {CUDA_GPUS} on this machine"
+)
+
+
+CONFIG = dict(r=8, alpha=16, target_modules=randlora.LLAMA_PROJECTIONS, seed=3)  # RandLoRA on every projection
 
 
 def adapted_model(device: torch.device, impl: str = "eager"):
@@ -15,14 +30,19 @@ def adapted_model(device: torch.device, impl: str = "eager"):
     (it starts at zero, where γ's gradient is zero too and would prove nothing)."""
     torch.manual_seed(0)
     model, _ = presets.build("tiny-llama", torch.float32, device)
-    config = randlora.RandLoRAConfig(r=8, alpha=16, target_modules=randlora.LLAMA_PROJECTIONS, seed=3, impl=impl)
-    model = randlora.adapt(model, config).train()
-    gen = torch.Generator().manual_seed(2)
+    model = randlora.adapt(model, randlora.RandLoRAConfig(**CONFIG, impl=impl)).train()
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("randlora_lambda"):
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+        for p, value in random_lambdas(model):
+            p.copy_(value)
     return model
+
+
+def random_lambdas(model) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(λ, the full random value it starts from) for every λ of `model`, drawn in parameter order; λ's shape is
+    the full one under FSDP2 too, so a sharded model draws the same values."""
+    gen = torch.Generator().manual_seed(2)
+    lambdas = [p for name, p in model.named_parameters() if name.endswith("randlora_lambda")]
+    return [(p, torch.randn(p.shape, generator=gen) * 0.1) for p in lambdas]
 
 
 def global_batch(device: torch.device) -> dict:
@@ -30,6 +50,32 @@ def global_batch(device: torch.device) -> dict:
     return {"input_ids": ids, "labels": ids}
 
 
+def one_step(model, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """(loss, every trainable's full gradient on the CPU, the loss after one AdamW step at lr 1e-2)."""
+    loss = model(**batch).loss
+    loss.backward()
+    grads = {name: _full(grad).detach().cpu() for name, grad in trainable_grads(model).items()}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    optimizer.step()
+    with torch.no_grad():
+        loss_after = model(**batch).loss
+    return loss.detach(), grads, loss_after
+
+
+def _full(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor  # a DTensor under FSDP2
+
+
 def trainable_grads(model) -> dict[str, torch.Tensor]:
     """Gradients of λ and γ by parameter name (FSDP2 keeps the names of the unwrapped model)."""
     return {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
+
+
+def run_two_ranks(script: str, *args: str) -> None:
+    """`python -m torch.distributed.run --standalone --nproc-per-node=2 tests/bench/SCRIPT ARGS...`, which must
+    exit 0 (the ranks' stderr in the failure's message otherwise)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    command += [str(REPO / "tests/bench" / script), *args]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]

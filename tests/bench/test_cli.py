@@ -67,6 +67,24 @@ def test_a_dry_run_lists_every_cell_with_its_hash_and_runs_nothing(capsys, tmp_p
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("gpus", [4, 8])
+def test_a_dry_run_of_the_70b_grids_lists_five_methods_on_a_machine_without_gpus(capsys, tmp_path, monkeypatch, gpus):
+    from bench.spec import presets
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("a dry run built a model")
+
+    monkeypatch.setattr(presets, "build", no_build)
+    grid = f"bench/grids/h200x{gpus}-70b.yaml"
+    code, out = run_cli(capsys, "run", "--matrix", grid, "--dry-run", "--run-dir", str(tmp_path / "r"))
+    labels = [" ".join(line.split()[2:]) for line in out.splitlines()[1:-1]]
+    assert code == 0 and out.splitlines()[-1].startswith(f"5 cells from {grid}")
+    assert sorted(label.split()[1] for label in labels) == [
+        "full", "lora", "peft-lora", "randlora.compiled", "randlora.eager"
+    ]  # fmt: skip
+    assert all(label.startswith("llama-70b ") and label.endswith(f" bf16 b1x1024 {gpus}gpus") for label in labels)
+    assert not (tmp_path / "r").exists()
+
 def test_a_dry_run_with_only_lists_the_cells_it_would_run(capsys, tmp_path):
     argv = ("run", "--matrix", "default", "--dry-run", "--only", "randlora", "--run-dir", str(tmp_path))
     code, out = run_cli(capsys, *argv)

@@ -7,11 +7,6 @@ where there are two.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -20,27 +15,17 @@ from bench.worker import distributed
 from bench.worker import agent as torchrun
 from bench.worker import protocol
 
-from .parity import adapted_model, global_batch, trainable_grads
+from .parity import BACKENDS, GPU_PAIR, adapted_model, global_batch, one_step, run_two_ranks
 
-REPO = Path(__file__).resolve().parents[2]
 # float32 throughout; two ranks sum their half-batch gradients in another order than one process does
 TOLERANCES = {"cpu": {"rtol": 1e-5, "atol": 1e-7}, "cuda": {"rtol": 1e-4, "atol": 1e-6}}
-GPU_PAIR = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="FSDP2 over NCCL needs two GPUs")
 # (device, the ranks' impl); the one-process reference is always the eager impl. The compiled impl compiles each
 # decoder block in place before fully_shard wraps it.
 RUNS = [("cpu", "eager"), ("cpu", "compiled"), pytest.param(("cuda", "eager"), marks=GPU_PAIR)]
 
 
 def one_process_reference(device: torch.device) -> dict:
-    model = adapted_model(device)
-    batch = global_batch(device)
-    loss = model(**batch).loss
-    loss.backward()
-    grads = {name: grad.detach().cpu() for name, grad in trainable_grads(model).items()}
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    optimizer.step()
-    with torch.no_grad():
-        loss_after = model(**batch).loss
+    loss, grads, loss_after = one_step(adapted_model(device), global_batch(device))
     return {"loss": loss.item(), "loss_after_step": loss_after.item(), "grads": grads}
 
 
@@ -49,11 +34,7 @@ def two_ranks(request, tmp_path_factory) -> tuple[dict, dict, str]:
     """(what rank 0 of a 2-rank FSDP2 run saved, the one-process eager reference, the device type)."""
     device, impl = request.param
     out = tmp_path_factory.mktemp("fsdp") / "ranks.pt"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
-    command += [str(REPO / "tests/bench/fsdp_parity_worker.py"), str(out), device, impl]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_two_ranks("fsdp_parity_worker.py", str(out), device, impl)
     return torch.load(out), one_process_reference(torch.device(device)), device
 
 
@@ -61,6 +42,7 @@ def two_ranks(request, tmp_path_factory) -> tuple[dict, dict, str]:
 def test_two_ranks_give_the_loss_and_gradients_of_one_process_on_the_whole_batch(two_ranks):
     ranks, single, device = two_ranks
     tolerance = TOLERANCES[device]
+    assert ranks["backend"] == BACKENDS[device]
     assert ranks["loss"] == pytest.approx(single["loss"], rel=tolerance["rtol"])
     assert set(ranks["grads"]) == set(single["grads"]) and len(single["grads"]) == 2 * 7 * 2  # λ, γ of 14 layers
     for name, grad in single["grads"].items():

@@ -6,6 +6,7 @@ charts.py      plotly figures: throughput and memory against model size, every c
                parameters and memory, step-time spread
 accuracy_view.py   accuracy at the rate chosen on validation: the table, charts per task, the front on validation
 history.py     timelines across code versions (git commit, else source digest) when the runs hold several
+scaling.py     tokens/s per GPU against the GPU count (1, 2, 4, 8) for each method at one model (scaling.html.j2)
 verdict.py     the page's first section: each RandLoRA variant against named baselines, ratios with their range
 bundle.py      plotly.js's basic bundle, gzipped; the page inflates it itself, so it opens offline with no request
 sortable.js    sorting and filtering of the tables (inlined, ~4 kB)
@@ -26,6 +27,7 @@ from bench.views.report import accuracy_view
 from bench.views.report import bundle
 from bench.views.report import charts
 from bench.views.report import data
+from bench.views.report import scaling
 from bench.views.report import tables
 from bench.views.report import verdict
 
@@ -100,6 +102,7 @@ def render(runs: data.Runs, title: str, plotly_src: str | None = None) -> str:
         accuracy_charts=accuracy_charts,
         accuracy_columns=data.accuracy_columns(frame),
         gpus=gpus,
+        scaling=scaling.tables(frame),
         failures=tables.failures(runs),
         environments=tables.environments(runs),
         memory_note=tables.MEMORY_NOTE,
