@@ -9,6 +9,7 @@ The same `adapt` takes a `LoRAConfig` or a `FullFinetuneConfig`; RandLoRA's vari
 ("eager", "compiled", "sparse"). `update_rank(config, out, in)` is the rank ΔW can reach; `n_bases` in a
 RandLoRAConfig caps the bases per layer, so that rank can be varied at an almost fixed parameter count.
 """
+from .accumulation import accumulation_window
 from .checkpoint import load_adapter, read_adapter_config, save_adapter
 from .config import LLAMA_PROJECTIONS, AdapterConfig, FullFinetuneConfig, LoRAConfig, RandLoRAConfig
 from .errors import ConfigError
@@ -37,6 +38,7 @@ __all__ = [
     "LLAMA_PROJECTIONS",
     "LoRAConfig",
     "RandLoRAConfig",
+    "accumulation_window",
     "adapt",
     "adapter_config",
     "adapter_layers",

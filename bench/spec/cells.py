@@ -30,6 +30,7 @@ MAX_GPUS = 64  # ranks of one cell: more is a typo, and on a CPU each would be a
 HASHED_IF_SET = {  # added later: at their defaults they stay out of the hash, so older cells keep theirs
     "task_args": {}, "gpus": 1, "head_lr": None, "compile_scope": "model",
     "lr_schedule": "constant", "lr_warmup_ratio": 0.0, "grad_clip": None, "basis_seed": None,
+    "micro_batches": 1,
 }
 LR_SCHEDULES = ("constant", "cosine", "linear")
 BASIS_SEEDS = (None, "cell")
@@ -201,6 +202,9 @@ FIELDS: dict[str, Field] = {
     "seq_len": Field(128, _integer(1), "tokens per sample (image models: fixed by the preset)"),
     "warmup_steps": Field(3, _integer(1), "steps before timing starts; the first one is reported as first_step_s"),
     "steps": Field(8, _integer(1), "timed steps"),
+    "micro_batches": Field(
+        1, _integer(1), "forward + backward passes per optimizer step (gradient accumulation); a step is all of them"
+    ),
     # < 2**32: tasks derive generator seeds as seed * 1_000_003 + i, which torch.manual_seed takes below 2**64
     "seed": Field(0, _integer(0, MAX_SEED), "seeds the weights and the batches"),
     "task": Field("throughput", _choice(lambda: tuple(TASKS)), "what the cell trains on"),
@@ -274,6 +278,7 @@ class Cell:
     lr_warmup_ratio: float = 0.0  # the share of those steps spent in a linear warm-up
     grad_clip: float | None = None  # max global gradient norm; None: no clipping
     basis_seed: str | None = None  # "cell": RandLoRA's bases from the cell's seed; None: the method's seed
+    micro_batches: int = 1  # forward + backward passes of batch_size samples per optimizer step
 
     @property
     def task_kwargs(self) -> dict:
@@ -321,7 +326,8 @@ class Cell:
         return stable_hash({k: v for k, v in self.identity().items() if k != "batch_size"})
 
     def label(self) -> str:
-        parts = [self.model, self.method.label(), self.precision, f"b{self.batch_size}x{self.seq_len}"]
+        batch = f"b{self.batch_size}x{self.seq_len}" + (f"x{self.micro_batches}mb" if self.micro_batches > 1 else "")
+        parts = [self.model, self.method.label(), self.precision, batch]
         parts += [f"{self.gpus}gpus"] if self.gpus > 1 else []
         parts += compile_label(self.compile, self.compile_scope)
         parts += [f"seed{self.seed}"] if self.seed else []

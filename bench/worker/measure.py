@@ -12,6 +12,7 @@ anything unexpected, and whatever was measured before a failure.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 import threading
@@ -113,19 +114,23 @@ def _inject(kind: str, loss: torch.Tensor) -> torch.Tensor:
     return loss
 
 
-def _train_step(model, optimizer, scaler, precision: Precision, task, device_type: str, inject: str, batch,
-                schedule=None, grad_clip: float | None = None):
-    """One optimizer step (gradients clipped to `grad_clip`, then the rate `schedule` moves on); returns the loss,
-    detached, still on the device (no synchronisation)."""
-    with precision.autocast(device_type):
-        loss = _inject(inject, task.loss(model, batch))
+def _train_step(model, optimizer, scaler, precision: Precision, task, device_type: str, inject: str, batches,
+                schedule=None, grad_clip: float | None = None, window=contextlib.nullcontext):
+    """One optimizer step over `batches` (its micro-batches: one forward + backward each, the loss divided by their
+    number, gradients accumulated inside `window(model)`, the method's accumulation window), then gradients clipped to
+    `grad_clip` and the rate `schedule` moved on; returns the mean loss, detached, still on the device (no sync)."""
+    losses = []
+    with window(model):
+        for batch in batches:
+            with precision.autocast(device_type):
+                loss = _inject(inject, task.loss(model, batch)) / len(batches)
+            (loss if scaler is None else scaler.scale(loss)).backward()
+            losses.append(loss.detach())
     if scaler is None:
-        loss.backward()
         if grad_clip is not None:
             torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], grad_clip)
         optimizer.step()
     else:
-        scaler.scale(loss).backward()
         if grad_clip is not None:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], grad_clip)
@@ -134,7 +139,7 @@ def _train_step(model, optimizer, scaler, precision: Precision, task, device_typ
     optimizer.zero_grad(set_to_none=True)
     if schedule is not None:
         schedule.step()
-    return loss.detach()
+    return losses[0] if len(losses) == 1 else torch.stack(losses).sum()
 
 
 def _check_finite(losses: list[torch.Tensor], phase: str) -> None:
@@ -272,9 +277,13 @@ def _set_up(cell: Cell, device: torch.device, precision: Precision, task, train:
         next_batch = distributed.rank_slice(next_batch, ranks, cell.batch_size)
     inject = "none" if ranks is not None and not ranks.last else cell.inject  # a lone failing rank, the hard case
 
+    window = methods.METHODS[cell.method.name].accumulation_window or contextlib.nullcontext
+    mb = cell.micro_batches
+
     def step(i: int) -> torch.Tensor:
+        batches = [next_batch(i * mb + k) for k in range(mb)]
         return _train_step(
-            model, optimizer, scaler, precision, task, device.type, inject, next_batch(i), schedule, cell.grad_clip
+            model, optimizer, scaler, precision, task, device.type, inject, batches, schedule, cell.grad_clip, window
         )
 
     return _Setup(model, info, optimizer, next_batch, step, matmul_params, trains_base, ranks)
@@ -331,7 +340,7 @@ def _measure(cell: Cell, options: Options, out: dict) -> None:
 def _throughput(cell: Cell, setup: _Setup, precision: Precision, device_info: dict, step_times: list[float]) -> dict:
     """Throughput of the whole cell: the tokens of every rank over the slowest rank's step times; MFU against the
     peak of all its GPUs."""
-    samples_per_step = cell.batch_size * cell.gpus
+    samples_per_step = cell.batch_size * cell.gpus * cell.micro_batches
     tokens_per_step = samples_per_step * cell.seq_len
     stats = metrics.step_stats(step_times)
     flops = metrics.model_flops_per_step(

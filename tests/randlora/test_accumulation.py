@@ -1,0 +1,106 @@
+"""The accumulation window against the eager reference: after k micro-batches λ and γ hold the eager sum of their
+gradients (float64, odd shapes), the forward is unchanged, and a failed window leaves .grad alone."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import randlora
+
+from .helpers import TARGETS, TinyMLP, randomize_
+
+IMPLS = [("eager", "uniform"), ("compiled", "uniform"), ("sparse", "sparse"), ("eager", "very_sparse")]
+
+
+def _model(impl, basis, accumulate, n_bases=None, trainable=()):
+    torch.manual_seed(1)
+    model = TinyMLP().double()
+    config = randlora.RandLoRAConfig(
+        r=5, alpha=7.0, impl=impl, basis=basis, seed=3, target_modules=TARGETS, trainable_modules=trainable,
+        param_dtype="model", n_bases=n_bases, accumulate=accumulate,
+    )
+    randlora.adapt(model, config)
+    randomize_(model, seed=2)
+    return model
+
+
+def _micro_batches(k):
+    gen = torch.Generator().manual_seed(5)
+    return [(torch.randn(2, 3 + i, 19, generator=gen, dtype=torch.float64), torch.randn(2, 3 + i, 3, generator=gen,
+             dtype=torch.float64)) for i in range(k)]
+
+
+def _loss(model, batch):
+    x, target = batch
+    return ((model(x) - target) ** 2).mean()
+
+
+def _grads(model):
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("impl,basis", IMPLS)
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("n_bases", [None, 2], ids=["n-full", "n2-capped"])
+def test_window_gradients_equal_the_eager_sum_over_micro_batches(impl, basis, k, n_bases):
+    batches = _micro_batches(k)
+    reference = _model("eager", basis, "micro_batch", n_bases, trainable=("head",))
+    for batch in batches:
+        _loss(reference, batch).backward()
+    model = _model(impl, basis, "window", n_bases, trainable=("head",))
+    losses = []
+    with randlora.accumulation_window(model):
+        for batch in batches:
+            loss = _loss(model, batch)
+            loss.backward()
+            losses.append(loss.detach())
+    want, got = _grads(reference), _grads(model)
+    assert set(got) == set(want) and any("randlora_gamma" in n for n in got)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-9, atol=1e-11, msg=name)
+    torch.testing.assert_close(torch.stack(losses), torch.stack([_loss(reference, b).detach() for b in batches]))
+
+
+def test_window_weight_is_dropped_and_the_next_window_sees_new_scalings():
+    model = _model("eager", "uniform", "window")
+    batch = _micro_batches(1)[0]
+    with randlora.accumulation_window(model):
+        _loss(model, batch).backward()
+    assert all(layer._window_weight is None for _, layer in randlora.adapter_layers(model))
+    with torch.no_grad():
+        model.mid.randlora_lambda.mul_(3.0)
+    model.zero_grad()
+    with randlora.accumulation_window(model):
+        inside = model(batch[0])
+    torch.testing.assert_close(inside, model(batch[0]))  # built from the new λ, as the eager forward is
+
+
+def test_a_window_that_raises_leaves_grad_untouched():
+    model = _model("eager", "uniform", "window")
+    with pytest.raises(RuntimeError, match="boom"):
+        with randlora.accumulation_window(model):
+            _loss(model, _micro_batches(1)[0]).backward()
+            raise RuntimeError("boom")
+    assert all(p.grad is None for n, p in model.named_parameters() if "randlora_" in n)
+    assert all(layer._window_weight is None for _, layer in randlora.adapter_layers(model))
+
+
+def test_micro_batch_layers_ignore_the_window():
+    model = _model("eager", "uniform", "micro_batch")
+    with randlora.accumulation_window(model):
+        assert all(layer._window_weight is None for _, layer in randlora.adapter_layers(model))
+
+
+def test_windows_do_not_nest():
+    model = _model("eager", "uniform", "window")
+    with randlora.accumulation_window(model):
+        with pytest.raises(randlora.ConfigError, match="do not nest"):
+            with randlora.accumulation_window(model):
+                pass
+
+
+def test_window_with_dropout_is_refused_naming_the_field():
+    with pytest.raises(randlora.ConfigError, match="accumulate"):
+        randlora.RandLoRAConfig(accumulate="window", dropout=0.1)
+    with pytest.raises(randlora.ConfigError, match="accumulate.*'micro_batch', 'window'"):
+        randlora.RandLoRAConfig(accumulate="step")
