@@ -35,7 +35,7 @@ HASHED_IF_SET = {  # added later: at their defaults they stay out of the hash, s
 LR_SCHEDULES = ("constant", "cosine", "linear")
 BASIS_SEEDS = (None, "cell")
 # Method parameters the library added later, left out of the hash at their default for the same reason.
-METHOD_PARAMS_HASHED_IF_SET = {"n_bases": None}
+METHOD_PARAMS_HASHED_IF_SET = {"n_bases": None, "accumulate": "micro_batch"}
 COMPILE_SCOPES = ("model", "blocks")
 HASH_CHARS = 12
 

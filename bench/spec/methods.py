@@ -28,6 +28,8 @@ class Method:
     adapt: Callable  # (model, params, targets, trainable) -> the model to train
     uses_targets: bool = True  # full fine-tuning trains everything and ignores the targets
     requires: str | None = None  # a package that must be importable, else the cell is skipped
+    # (model, dtype) -> the context of one optimizer step's micro-batches, where the method has one
+    accumulation_window: Callable | None = None
 
     def unavailable_reason(self) -> str | None:
         if self.requires and importlib.util.find_spec(self.requires) is None:
@@ -85,8 +87,9 @@ for _name, _description, _options in (
     ("lora", "this project's LoRA (r=16, alpha=32 by default)", {}),
     (
         "randlora",
-        "this project's RandLoRA; impl eager | compiled | sparse, basis uniform | normal | sparse | very_sparse",
-        {},
+        "this project's RandLoRA; impl eager | compiled | sparse, basis uniform | normal | sparse | very_sparse | "
+        "sparse_2_4, accumulate micro_batch | window",
+        {"accumulation_window": randlora.accumulation_window},
     ),
 ):
     register(_name, _description, _project_params(_name), **_options)(_project_adapt(_name))

@@ -277,7 +277,8 @@ def _set_up(cell: Cell, device: torch.device, precision: Precision, task, train:
         next_batch = distributed.rank_slice(next_batch, ranks, cell.batch_size)
     inject = "none" if ranks is not None and not ranks.last else cell.inject  # a lone failing rank, the hard case
 
-    window = methods.METHODS[cell.method.name].accumulation_window or contextlib.nullcontext
+    accumulate = methods.METHODS[cell.method.name].accumulation_window
+    window = contextlib.nullcontext if accumulate is None else lambda m: accumulate(m, precision.autocast_dtype)
     mb = cell.micro_batches
 
     def step(i: int) -> torch.Tensor:

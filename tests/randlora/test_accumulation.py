@@ -104,3 +104,42 @@ def test_window_with_dropout_is_refused_naming_the_field():
         randlora.RandLoRAConfig(accumulate="window", dropout=0.1)
     with pytest.raises(randlora.ConfigError, match="accumulate.*'micro_batch', 'window'"):
         randlora.RandLoRAConfig(accumulate="step")
+
+
+@pytest.mark.slow
+def test_compiled_blocks_trace_the_window_without_breaks_or_a_recompile_per_window():
+    """The compiled impl's blocks (and a model under torch.compile) see a new window weight every optimizer step:
+    after the first two windows (one graph without, one with a window) nothing compiles again."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from .test_compiled import _Stack
+
+    def stack(impl):
+        torch.manual_seed(0)
+        config = randlora.RandLoRAConfig(r=3, impl=impl, target_modules=["up", "head"], accumulate="window")
+        return randlora.adapt(_Stack().double(), config)
+
+    gen = torch.Generator().manual_seed(0)
+    xs = [torch.randn(2, 5, 12, generator=gen, dtype=torch.float64) for _ in range(6)]
+    grads = {}
+    for impl in ("eager", "compiled"):
+        torch._dynamo.reset()
+        counters.clear()
+        model = stack(impl)
+        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+        graphs = []
+        for step in range(3):
+            with randlora.accumulation_window(model):
+                for x in xs[2 * step: 2 * step + 2]:
+                    model(x).square().mean().backward()
+            grads[impl, step] = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+            optimizer.step()
+            optimizer.zero_grad()
+            graphs.append(counters["stats"]["unique_graphs"])
+        assert not counters["graph_break"]
+        if impl == "compiled":
+            assert graphs[0] > 0 and graphs[2] == graphs[1]
+    for step in range(3):
+        for name, want in grads["eager", step].items():
+            torch.testing.assert_close(grads["compiled", step][name], want, rtol=1e-10, atol=1e-12, msg=name)
