@@ -12,10 +12,10 @@ from typing import ClassVar, Literal, get_args
 
 from .errors import ConfigError
 
-RandLoRAImpl = Literal["eager", "compiled", "sparse"]
+RandLoRAImpl = Literal["eager", "compiled", "sparse", "semi_structured"]
 LoRAImpl = Literal["eager"]
 FullImpl = Literal["eager"]
-Basis = Literal["uniform", "normal", "sparse", "very_sparse"]
+Basis = Literal["uniform", "normal", "sparse", "very_sparse", "sparse_2_4"]
 Contraction = Literal["auto", "tokens", "materialized"]
 # When dL/dλ, dL/dγ are formed under gradient accumulation: every micro-batch (the reference), or once per
 # accumulation window from dL/d(W0 + ΔW) accumulated over it (randlora.accumulation_window).
@@ -137,7 +137,7 @@ class RandLoRAConfig(AdapterConfig):
     r: int = 32  # rank of each random basis; n = ceil(d / r) bases make the update full rank
     alpha: float = 640.0  # scaling = alpha / r (peft's default pairing r=32, alpha=640)
     impl: RandLoRAImpl = "eager"
-    basis: Basis = "uniform"  # distribution of the shared random bases (the paper's four)
+    basis: Basis = "uniform"  # distribution of the shared random bases (the paper's four, and 2:4 ternary)
     seed: int = 0  # the bases are regenerated from this seed on the CPU in float32
     n_bases: int | None = None  # cap on the bases per layer (the update-rank ablation); None = ceil(d / r)
     dropout: float = 0.0  # dropout on the adapter's input path (forces the token contraction when > 0)
