@@ -250,7 +250,10 @@ def _set_up(cell: Cell, device: torch.device, precision: Precision, task, train:
     kwargs = cell.method.kwargs
     if cell.basis_seed == "cell":  # the random bases vary with the seed, as the weights and batches do
         kwargs = {**kwargs, "seed": cell.seed}
-    model = methods.METHODS[cell.method.name].adapt(model, kwargs, targets, trainable)
+    method = methods.METHODS[cell.method.name]
+    if method.needs_cuda and device.type != "cuda":
+        raise Unrunnable(f"method {method.name!r} runs CUDA kernels only, and this cell runs on {device.type!r}")
+    model = method.adapt(model, kwargs, targets, trainable)
     model.train()
     train["update_rank"] = _update_rank(cell, model, shapes)
     matmul_params = sum(m.weight.numel() for m in base_linears)

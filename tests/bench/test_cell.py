@@ -268,3 +268,14 @@ def test_micro_batches_count_every_token_and_stay_out_of_the_hash_at_one():
     assert "micro_batches" not in one_cell().identity() and "accumulate" not in one_cell().identity()["method"]
     assert one_cell(micro_batches=2).identity()["micro_batches"] == 2
     assert "b2x16x2mb" in one_cell(micro_batches=2).label().split()
+
+
+def test_peft_lora_liger_is_skipped_on_a_cpu_and_names_its_packages():
+    from bench.spec.methods import METHODS
+
+    method = METHODS["peft-lora-liger"]
+    assert method.needs_cuda and method.resolve({}) == {"r": 16, "alpha": 32, "dropout": 0.0}
+    result = run(one_cell(method="peft-lora-liger", device="cpu"), Options())
+    assert result["status"] == "skipped" and "runs CUDA kernels only" in result["reason"]
+    reason = method.unavailable_reason()
+    assert reason is None or "liger_kernel" in reason or "peft" in reason
