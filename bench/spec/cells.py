@@ -163,6 +163,7 @@ class MethodSpec:
         extras = [f"r={kw['r']}"] if "r" in kw else []
         extras += [f"basis={kw['basis']}"] if kw.get("basis", "uniform") != "uniform" else []
         extras += [f"n_bases={kw['n_bases']}"] if kw.get("n_bases") is not None else []
+        extras += [f"accumulate={kw['accumulate']}"] if kw.get("accumulate", "micro_batch") != "micro_batch" else []
         return " ".join([text, *extras])
 
 
