@@ -7,8 +7,9 @@ The materialised order of functional.py with the two kinds of B-products done by
 
 On a CUDA GPU (compute capability >= 8.0) in bf16 / fp16 every call takes this order (the token order's products
 put B on the right, where the 2:4 layout does not apply); anywhere else the layer is the eager layer with the same
-(dense) 2:4 basis, the reference. The function runs outside torch.compile (`torch.compiler.disable`): a compiled
-block breaks its graph around it rather than trace tensor subclasses through a custom autograd function.
+(dense) 2:4 basis, the reference. The layer's adapted forward runs outside torch.compile (`torch.compiler.disable`):
+a compiled block breaks its graph around it rather than trace the sparse tensor subclasses (and the device query that
+picks them) through a custom autograd function; compare it with the eager impl uncompiled.
 """
 from __future__ import annotations
 
@@ -63,7 +64,6 @@ class SemiStructuredRandLoRAFunction(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None, g_lam, g_gam
 
 
-@torch.compiler.disable
 def semi_structured_randlora_linear(x, weight, bias, A, B, lam, gam, scaling: float, materialize: bool):
     """randlora_linear's signature; B a SemiStructuredBasis runs the 2:4 function (always materialised, scaling
     must be 1: the layer folds s into λ), a dense tensor the eager one."""
@@ -102,3 +102,7 @@ class SemiStructuredRandLoRALinear(RandLoRALinear):
 
     def linear_function(self):
         return semi_structured_randlora_linear
+
+    @torch.compiler.disable
+    def adapted_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().adapted_forward(x)

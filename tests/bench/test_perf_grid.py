@@ -50,7 +50,7 @@ def test_the_perf2_grid_pairs_each_issue_17_target_with_its_reference():
         assert ("llama-1.1b", name, None, None, None, 1, "blocks") in cells
     assert ("llama-1.1b", "lora", "eager", None, None, 1, "blocks") in cells
     for impl in ("semi_structured", "eager"):  # the 2:4 basis on the sparse tensor cores vs dense, same basis
-        assert ("llama-8b", "randlora", impl, "sparse_2_4", "micro_batch", 1, "blocks") in cells
+        assert ("llama-8b", "randlora", impl, "sparse_2_4", "micro_batch", 1, None) in cells
     every = list(cells.values())
-    assert len(every) == 13 and all(c.precision == "bf16" and c.seq_len == 1024 for c in every)
+    assert len(every) == 14 and all(c.precision == "bf16" and c.seq_len == 1024 for c in every)
     assert all(c.batch_size == (8 if c.model == "llama-1.1b" else 4) for c in every)
