@@ -6,8 +6,10 @@
     randlora.save_adapter(model, "adapter.safetensors")
 
 The same `adapt` takes a `LoRAConfig` or a `FullFinetuneConfig`; RandLoRA's variants are chosen by `impl`
-("eager", "compiled", "sparse"). `update_rank(config, out, in)` is the rank ΔW can reach; `n_bases` in a
-RandLoRAConfig caps the bases per layer, so that rank can be varied at an almost fixed parameter count.
+("eager", "compiled", "sparse", "semi_structured"). `accumulation_window(model)` spans one optimizer step's
+micro-batches (RandLoRA layers with accumulate="window" build W0 + ΔW once in it). `update_rank(config, out, in)`
+is the rank ΔW can reach; `n_bases` in a RandLoRAConfig caps the bases per layer, so that rank can be varied at an
+almost fixed parameter count.
 """
 from .accumulation import accumulation_window
 from .checkpoint import load_adapter, read_adapter_config, save_adapter
