@@ -18,8 +18,6 @@ _PARAM_DTYPES = {"float32": lambda weight: torch.float32, "model": lambda weight
 class RandLoRALinear(AdapterLinear):
     """Trainables λ (r, n) = 0 and γ (n, d) = 1/d at start, so ΔW = 0; bases come from the model's shared bank."""
 
-    _window_weight: torch.Tensor | None = None  # W0 + ΔW (D, d) while an accumulation window is open
-
     def __init__(self, base: nn.Linear, config, bank: BasisBank) -> None:
         super().__init__(base, config)
         self.d, self.D = min(self.in_features, self.out_features), max(self.in_features, self.out_features)
@@ -32,6 +30,9 @@ class RandLoRALinear(AdapterLinear):
         self.randlora_gamma = nn.Parameter(torch.empty(self.num_bases, self.d, device=weight.device, dtype=dtype))
         self.reset_parameters()
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else None
+        # W0 + ΔW (D, d) while an accumulation window is open; an instance attribute from the start, so that a
+        # compiled graph's guard on it sees the same dict whether or not a window has been opened
+        self._window_weight: torch.Tensor | None = None
 
     @classmethod
     def trainable_shapes(cls, config, out_features: int, in_features: int) -> dict[str, tuple[int, ...]]:
@@ -92,8 +93,11 @@ class RandLoRALinear(AdapterLinear):
         self._window_weight = window_weight(weight.to(dtype), A, B, *self._scalings(dtype))
 
     def close_window(self, project: bool) -> None:
-        w, self._window_weight = self._window_weight, None
-        if not project or w is None or w.grad is None:
+        w = self._window_weight
+        if w is None:
+            return
+        self._window_weight = None
+        if not project or w.grad is None:
             return
         A, B = RandLoRALinear.bases(self, w.device, w.dtype)
         with torch.enable_grad():

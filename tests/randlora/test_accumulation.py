@@ -85,10 +85,16 @@ def test_a_window_that_raises_leaves_grad_untouched():
     assert all(layer._window_weight is None for _, layer in randlora.adapter_layers(model))
 
 
-def test_micro_batch_layers_ignore_the_window():
-    model = _model("eager", "uniform", "micro_batch")
+@pytest.mark.parametrize("accumulate", ["micro_batch", "window"])
+def test_a_window_leaves_the_layers_attributes_as_it_found_them(accumulate):
+    """A compiled block guards on the layer's attributes: a window must not add one (it recompiled every block)."""
+    model = _model("eager", "uniform", accumulate)
+    before = {name: sorted(vars(layer)) for name, layer in randlora.adapter_layers(model)}
     with randlora.accumulation_window(model):
-        assert all(layer._window_weight is None for _, layer in randlora.adapter_layers(model))
+        _loss(model, _micro_batches(1)[0]).backward()
+        opened = [layer._window_weight is not None for _, layer in randlora.adapter_layers(model)]
+    assert all(opened) == (accumulate == "window") and any(opened) == all(opened)
+    assert {name: sorted(vars(layer)) for name, layer in randlora.adapter_layers(model)} == before
 
 
 def test_windows_do_not_nest():
