@@ -6,9 +6,12 @@
     randlora.save_adapter(model, "adapter.safetensors")
 
 The same `adapt` takes a `LoRAConfig` or a `FullFinetuneConfig`; RandLoRA's variants are chosen by `impl`
-("eager", "compiled", "sparse"). `update_rank(config, out, in)` is the rank ΔW can reach; `n_bases` in a
-RandLoRAConfig caps the bases per layer, so that rank can be varied at an almost fixed parameter count.
+("eager", "compiled", "sparse", "semi_structured"). `accumulation_window(model)` spans one optimizer step's
+micro-batches (RandLoRA layers with accumulate="window" build W0 + ΔW once in it). `update_rank(config, out, in)`
+is the rank ΔW can reach; `n_bases` in a RandLoRAConfig caps the bases per layer, so that rank can be varied at an
+almost fixed parameter count.
 """
+from .accumulation import accumulation_window
 from .checkpoint import load_adapter, read_adapter_config, save_adapter
 from .config import LLAMA_PROJECTIONS, AdapterConfig, FullFinetuneConfig, LoRAConfig, RandLoRAConfig
 from .errors import ConfigError
@@ -37,6 +40,7 @@ __all__ = [
     "LLAMA_PROJECTIONS",
     "LoRAConfig",
     "RandLoRAConfig",
+    "accumulation_window",
     "adapt",
     "adapter_config",
     "adapter_layers",

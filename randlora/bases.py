@@ -18,6 +18,10 @@ Distributions (the paper's four):
     uniform      Kaiming-uniform U(-b, b), the paper's default, then divided by its std.
     normal       N(0, 1).
     sparse       ternary {-1, 0, +1} with probabilities {1/s, 1 - 2/s, 1/s}, s = 6, times sqrt(s/2) (unit variance).
+    sparse_2_4   ternary with exactly 2 non-zeros in every aligned group of 4, along rows AND columns (each 4×4 tile
+                 is one of the 90 0/1 matrices with two ones in every row and column, drawn uniformly; signs ±1 with
+                 probability 1/2), times sqrt(2): the layout of PyTorch's semi-structured (2:4) sparse tensors for B
+                 and for Bᵀ alike (impl "semi_structured"). Not one of the paper's; s = 4 in the notation below.
     very_sparse  the same with s = max(3, sqrt(D_max)). (peft puts 1/(2·sqrt(d)) on each sign instead; we follow
                  the paper.) s >= 3 keeps P(-1), P(0), P(+1) a distribution (s < 2 would make the signs overlap
                  and the std 0.92 at D_max = 3); s = 3 is uniform over {-1, 0, +1}.
@@ -30,6 +34,7 @@ r = 2, 36 at r = 8, 1 at r = 16, none at r = 32 (expected 896·(2/3)^r: 597, 398
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -37,7 +42,8 @@ import torch
 
 from .config import Basis
 
-TERNARY_S = {"sparse": lambda D: 6.0, "very_sparse": lambda D: max(3.0, math.sqrt(D))}
+# ternary basis -> s, where P(-1) = P(+1) = 1/s and the non-zeros are scaled by sqrt(s / 2) to unit variance
+TERNARY_S = {"sparse": lambda D: 6.0, "very_sparse": lambda D: max(3.0, math.sqrt(D)), "sparse_2_4": lambda D: 4.0}
 
 
 def num_bases(d: int, r: int, n_bases: int | None = None) -> int:
@@ -53,6 +59,27 @@ def _ternary(shape: tuple[int, ...], s: float, gen: torch.Generator) -> torch.Te
     signs[u < 1.0 / s] = -1
     signs[u >= 1.0 - 1.0 / s] = 1
     return signs
+
+
+def _tiles_2_4() -> torch.Tensor:
+    """The 90 0/1 matrices (4, 4) with two ones in every row and every column, int8, in a fixed order."""
+    rows = [r for r in itertools.product((0, 1), repeat=4) if sum(r) == 2]  # the 6 rows with two ones
+    tiles = [t for t in itertools.product(rows, repeat=4) if all(sum(col) == 2 for col in zip(*t))]
+    return torch.tensor(tiles, dtype=torch.int8)
+
+
+def _ternary_2_4(shape: tuple[int, ...], s: float, gen: torch.Generator) -> torch.Tensor:
+    """int8 signs, 2:4 along rows and columns (`sparse_2_4` above); drawn on a shape padded to multiples of 4, then
+    cut, so only a cut edge tile can hold fewer than 2 non-zeros in a group. `s` (4) is implied by the layout."""
+    rows, cols = (-(-n // 4) * 4 for n in shape)
+    tiles = _tiles_2_4()
+    choice = torch.randint(len(tiles), (rows // 4, cols // 4), generator=gen)
+    mask = tiles[choice].permute(0, 2, 1, 3).reshape(rows, cols)  # tile (i, j) at rows 4i.., columns 4j..
+    signs = torch.where(torch.rand((rows, cols), generator=gen) < 0.5, -1, 1).to(torch.int8)
+    return (signs * mask)[: shape[0], : shape[1]].contiguous()
+
+
+TERNARY_SIGNS = {"sparse": _ternary, "very_sparse": _ternary, "sparse_2_4": _ternary_2_4}  # basis -> its draw
 
 
 def _dense(shape: tuple[int, ...], basis: str, gen: torch.Generator) -> torch.Tensor:
@@ -88,8 +115,9 @@ class BasisBank:
         if self.basis in TERNARY_S:
             s = TERNARY_S[self.basis](self.D_max)
             self.ternary_scale = math.sqrt(s / 2.0)
-            self.A_sign = _ternary(a_shape, s, gen)
-            self.B_sign = _ternary(b_shape, s, gen)
+            draw = TERNARY_SIGNS[self.basis]
+            self.A_sign = draw(a_shape, s, gen)
+            self.B_sign = draw(b_shape, s, gen)
             self.A = self.A_sign.to(torch.float32) * self.ternary_scale
             self.B = self.B_sign.to(torch.float32) * self.ternary_scale
         else:

@@ -12,11 +12,14 @@ from typing import ClassVar, Literal, get_args
 
 from .errors import ConfigError
 
-RandLoRAImpl = Literal["eager", "compiled", "sparse"]
+RandLoRAImpl = Literal["eager", "compiled", "sparse", "semi_structured"]
 LoRAImpl = Literal["eager"]
 FullImpl = Literal["eager"]
-Basis = Literal["uniform", "normal", "sparse", "very_sparse"]
+Basis = Literal["uniform", "normal", "sparse", "very_sparse", "sparse_2_4"]
 Contraction = Literal["auto", "tokens", "materialized"]
+# When dL/dλ, dL/dγ are formed under gradient accumulation: every micro-batch (the reference), or once per
+# accumulation window from dL/d(W0 + ΔW) accumulated over it (randlora.accumulation_window).
+Accumulate = Literal["micro_batch", "window"]
 ParamDtype = Literal["float32", "model"]
 
 # Names of the projections of a Llama-family decoder block; a convenient default for causal LMs.
@@ -134,18 +137,27 @@ class RandLoRAConfig(AdapterConfig):
     r: int = 32  # rank of each random basis; n = ceil(d / r) bases make the update full rank
     alpha: float = 640.0  # scaling = alpha / r (peft's default pairing r=32, alpha=640)
     impl: RandLoRAImpl = "eager"
-    basis: Basis = "uniform"  # distribution of the shared random bases (the paper's four)
+    basis: Basis = "uniform"  # distribution of the shared random bases (the paper's four, and 2:4 ternary)
     seed: int = 0  # the bases are regenerated from this seed on the CPU in float32
     n_bases: int | None = None  # cap on the bases per layer (the update-rank ablation); None = ceil(d / r)
     dropout: float = 0.0  # dropout on the adapter's input path (forces the token contraction when > 0)
     contraction: Contraction = "auto"  # auto: per call, the cheaper of the two orders by FLOP count
     param_dtype: ParamDtype = "float32"  # dtype λ and γ are stored in; compute runs in the model's dtype
+    # "window": inside randlora.accumulation_window, W0 + ΔW is built once and λ, γ get their gradients once per
+    # window (a weight-sized tensor and its gradient held per layer); outside a window, as "micro_batch"
+    accumulate: Accumulate = "micro_batch"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _validate_low_rank(self)
         name = type(self).__name__
         _check_choice(name, "impl", self.impl, RandLoRAImpl)
+        _check_choice(name, "accumulate", self.accumulate, Accumulate)
+        if self.accumulate == "window" and self.dropout > 0:
+            raise ConfigError(
+                f"{name}.accumulate is 'window' with dropout {self.dropout}; the window's one weight per step has no "
+                "adapter path to drop; set dropout to 0 or accumulate to 'micro_batch'."
+            )
         _check_choice(name, "basis", self.basis, Basis)
         _check_choice(name, "contraction", self.contraction, Contraction)
         if not _is_int(self.seed) or not 0 <= self.seed < SEED_LIMIT:

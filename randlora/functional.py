@@ -56,6 +56,27 @@ def scaling_grads(g_As: torch.Tensor, A, lam, gam) -> tuple[torch.Tensor, torch.
     return g_lam, g_gam
 
 
+def window_weight(weight, A, B, lam, gam) -> torch.Tensor:
+    """W0 + ΔW on the (D, d) orientation, contiguous, as a fresh leaf that requires grad (the accumulation window).
+
+    weight (out, in) is W0; lam already holds s. Built without a graph (λ, γ are constant in the window):
+    2·D·d·K FLOPs once per window. Forward then uses it (transposed when in > out) and autograd accumulates
+    G = dL/d(W0 + ΔW)_Dd = Σ over the window's micro-batches into its .grad: 6·T·D·d per micro-batch, as full
+    fine-tuning.
+    """
+    with torch.no_grad():
+        w0 = weight if weight.shape[1] == A.shape[1] else weight.T  # (D, d)
+        w = torch.addmm(w0, B, scaled_A(A, lam, gam))
+    return w.requires_grad_()
+
+
+def window_project(G: torch.Tensor, A, B, lam, gam) -> None:
+    """Backpropagates G = dL/dΔW_Dd (D, d) onto λ and γ: dL/dAs = Bᵀ G (2·D·d·K FLOPs, once per window), then
+    through As = scaled_A(A, lam, gam) by autograd (scaling_grads' two reductions), accumulating into the .grad of
+    the leaves lam and gam were made from."""
+    torch.autograd.backward(scaled_A(A, lam, gam), B.T @ G)
+
+
 def contraction_flops(tokens: int, in_features: int, out_features: int, rank: int, backward: bool) -> dict[str, int]:
     """Extra FLOPs over the frozen base matmul for each contraction order (rank = n·r).
 

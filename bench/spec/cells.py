@@ -32,11 +32,12 @@ HASHED_IF_SET = {  # added later: at their defaults they stay out of the hash, s
     "task_args": {}, "gpus": 1, "head_lr": None, "compile_scope": "model",
     "lr_schedule": "constant", "lr_warmup_ratio": 0.0, "grad_clip": None, "basis_seed": None,
     "quant": "none",
+    "micro_batches": 1,
 }
 LR_SCHEDULES = ("constant", "cosine", "linear")
 BASIS_SEEDS = (None, "cell")
 # Method parameters the library added later, left out of the hash at their default for the same reason.
-METHOD_PARAMS_HASHED_IF_SET = {"n_bases": None}
+METHOD_PARAMS_HASHED_IF_SET = {"n_bases": None, "accumulate": "micro_batch"}
 COMPILE_SCOPES = ("model", "blocks")
 HASH_CHARS = 12
 
@@ -164,6 +165,7 @@ class MethodSpec:
         extras = [f"r={kw['r']}"] if "r" in kw else []
         extras += [f"basis={kw['basis']}"] if kw.get("basis", "uniform") != "uniform" else []
         extras += [f"n_bases={kw['n_bases']}"] if kw.get("n_bases") is not None else []
+        extras += [f"accumulate={kw['accumulate']}"] if kw.get("accumulate", "micro_batch") != "micro_batch" else []
         return " ".join([text, *extras])
 
 
@@ -208,6 +210,9 @@ FIELDS: dict[str, Field] = {
     "seq_len": Field(128, _integer(1), "tokens per sample (image models: fixed by the preset)"),
     "warmup_steps": Field(3, _integer(1), "steps before timing starts; the first one is reported as first_step_s"),
     "steps": Field(8, _integer(1), "timed steps"),
+    "micro_batches": Field(
+        1, _integer(1), "forward + backward passes per optimizer step (gradient accumulation); a step is all of them"
+    ),
     # < 2**32: tasks derive generator seeds as seed * 1_000_003 + i, which torch.manual_seed takes below 2**64
     "seed": Field(0, _integer(0, MAX_SEED), "seeds the weights and the batches"),
     "task": Field("throughput", _choice(lambda: tuple(TASKS)), "what the cell trains on"),
@@ -282,6 +287,7 @@ class Cell:
     grad_clip: float | None = None  # max global gradient norm; None: no clipping
     basis_seed: str | None = None  # "cell": RandLoRA's bases from the cell's seed; None: the method's seed
     quant: str = "none"  # the frozen base's storage: none, int8 or nf4 (bench/spec/quant.py)
+    micro_batches: int = 1  # forward + backward passes of batch_size samples per optimizer step
 
     @property
     def task_kwargs(self) -> dict:
@@ -329,7 +335,8 @@ class Cell:
         return stable_hash({k: v for k, v in self.identity().items() if k != "batch_size"})
 
     def label(self) -> str:
-        parts = [self.model, self.method.label(), self.precision, f"b{self.batch_size}x{self.seq_len}"]
+        batch = f"b{self.batch_size}x{self.seq_len}" + (f"x{self.micro_batches}mb" if self.micro_batches > 1 else "")
+        parts = [self.model, self.method.label(), self.precision, batch]
         parts += [f"quant={self.quant}"] if self.quant != "none" else []
         parts += [f"{self.gpus}gpus"] if self.gpus > 1 else []
         parts += compile_label(self.compile, self.compile_scope)

@@ -2,6 +2,7 @@
 
     full, lora, randlora      this project's `randlora.adapt`, parameters passed to its config classes
     peft-lora, peft-randlora  peft's LoraConfig / RandLoraConfig, the anchors users would pick instead
+    peft-lora-liger           peft's LoRA on a model patched with Liger's Triton kernels (the speed-minded anchor)
     peft-vera                 peft's VeraConfig: VeRA, low-rank random bases with trained scalings (the paper's baseline)
 
 Every method sees the same resolved targets (full module names, matched by `randlora`'s rules) and the same
@@ -28,17 +29,22 @@ class Method:
     adapt: Callable  # (model, params, targets, trainable) -> the model to train
     uses_targets: bool = True  # full fine-tuning trains everything and ignores the targets
     trains_base: bool = False  # full fine-tuning: the base's weights train, so they cannot be stored quantised
-    requires: str | None = None  # a package that must be importable, else the cell is skipped
+    requires: str | tuple[str, ...] | None = None  # packages that must be importable, else the cell is skipped
+    needs_cuda: bool = False  # runs only on a CUDA device: a cell elsewhere is skipped by the worker
+    # (model, dtype) -> the context of one optimizer step's micro-batches, where the method has one
+    accumulation_window: Callable | None = None
     # After a meta-device build's to_empty (bench/worker/meta_build.py): the adapters as a fresh one starts;
     # None: the method cannot be built on the meta device (its frozen bases are buffers drawn while adapting)
     init_adapters: Callable | None = None
 
     def unavailable_reason(self) -> str | None:
-        if self.requires and importlib.util.find_spec(self.requires) is None:
-            return (
-                f"method {self.name!r} needs the {self.requires!r} package, which is not installed "
-                f"(pip install {self.requires})"
-            )
+        packages = (self.requires,) if isinstance(self.requires, str) else (self.requires or ())
+        for package in packages:
+            if importlib.util.find_spec(package) is None:
+                return (
+                    f"method {self.name!r} needs the {package!r} package, which is not installed "
+                    f"(pip install {package})"
+                )
         return None
 
 
@@ -94,8 +100,9 @@ for _name, _description, _options in (
     ("lora", "this project's LoRA (r=16, alpha=32 by default)", {"init_adapters": randlora.init_adapters}),
     (
         "randlora",
-        "this project's RandLoRA; impl eager | compiled | sparse, basis uniform | normal | sparse | very_sparse",
-        {"init_adapters": randlora.init_adapters},
+        "this project's RandLoRA; impl eager | compiled | sparse, basis uniform | normal | sparse | very_sparse | "
+        "sparse_2_4, accumulate micro_batch | window",
+        {"accumulation_window": randlora.accumulation_window, "init_adapters": randlora.init_adapters},
     ),
 ):
     register(_name, _description, _project_params(_name), **_options)(_project_adapt(_name))
@@ -170,6 +177,33 @@ def _peft_lora(model, params: dict, targets: tuple[str, ...], trainable: tuple[s
         modules_to_save=list(trainable) or None,
     )
     return peft.get_peft_model(model, config)
+
+
+@register(
+    "peft-lora-liger",
+    "peft's LoraConfig on a model patched with Liger's Triton kernels (RMSNorm, RoPE, SwiGLU, fused linear "
+    "cross-entropy; liger_kernel's instance patch for the model's type); CUDA only",
+    _peft_params(
+        "peft-lora-liger",
+        {"r": 16, "alpha": 32, "dropout": 0.0},
+        {"r": _check_positive_int, "alpha": _check_positive_number, "dropout": _check_fraction},
+    ),
+    requires=("peft", "liger_kernel"),
+    needs_cuda=True,
+)
+def _peft_lora_liger(model, params: dict, targets: tuple[str, ...], trainable: tuple[str, ...]):
+    """Liger patches the model's modules in place (and its forward: the loss from labels without materialising the
+    logits), then peft wraps the projections as in peft-lora."""
+    from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
+
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
+        raise ConfigError(
+            f"method 'peft-lora-liger' needs a model type Liger has kernels for (llama, qwen2, mistral, ...); "
+            f"this model's is {model_type!r}."
+        )
+    MODEL_TYPE_TO_APPLY_LIGER_FN[model_type](model=model)
+    return _peft_lora(model, params, targets, trainable)
 
 
 @register(

@@ -12,6 +12,7 @@ anything unexpected, and whatever was measured before a failure.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 import threading
@@ -115,19 +116,24 @@ def _inject(kind: str, loss: torch.Tensor) -> torch.Tensor:
     return loss
 
 
-def _train_step(model, optimizer, scaler, precision: Precision, task, device_type: str, inject: str, batch,
-                schedule=None, grad_clip: float | None = None):
-    """One optimizer step (gradients clipped to `grad_clip`, then the rate `schedule` moves on); returns the loss,
-    detached, still on the device (no synchronisation)."""
-    with precision.autocast(device_type):
-        loss = _inject(inject, task.loss(model, batch))
+def _train_step(model, optimizer, scaler, precision: Precision, task, device_type: str, inject: str, batches,
+                schedule=None, grad_clip: float | None = None, window=contextlib.nullcontext):
+    """One optimizer step over `batches` (its micro-batches: one forward + backward each, the loss divided by their
+    number, gradients accumulated inside `window(model)`, the method's accumulation window), then gradients clipped to
+    `grad_clip` and the rate `schedule` moved on; returns the mean loss, detached, still on the device (no sync)."""
+    losses = []
+    with window(model):
+        for batch in batches:
+            with precision.autocast(device_type):
+                loss = _inject(inject, task.loss(model, batch))
+            loss = loss / len(batches) if len(batches) > 1 else loss  # at 1: no extra kernel against older cells
+            (loss if scaler is None else scaler.scale(loss)).backward()
+            losses.append(loss.detach())
     if scaler is None:
-        loss.backward()
         if grad_clip is not None:
             torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], grad_clip)
         optimizer.step()
     else:
-        scaler.scale(loss).backward()
         if grad_clip is not None:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], grad_clip)
@@ -136,7 +142,7 @@ def _train_step(model, optimizer, scaler, precision: Precision, task, device_typ
     optimizer.zero_grad(set_to_none=True)
     if schedule is not None:
         schedule.step()
-    return loss.detach()
+    return losses[0] if len(losses) == 1 else torch.stack(losses).sum()
 
 
 def _check_finite(losses: list[torch.Tensor], phase: str) -> None:
@@ -274,7 +280,10 @@ def _set_up(cell: Cell, device: torch.device, precision: Precision, task, train:
     kwargs = cell.method.kwargs
     if cell.basis_seed == "cell":  # the random bases vary with the seed, as the weights and batches do
         kwargs = {**kwargs, "seed": cell.seed}
-    model = methods.METHODS[cell.method.name].adapt(model, kwargs, targets, trainable)
+    method = methods.METHODS[cell.method.name]
+    if method.needs_cuda and device.type != "cuda":
+        raise Unrunnable(f"method {method.name!r} runs CUDA kernels only, and this cell runs on {device.type!r}")
+    model = method.adapt(model, kwargs, targets, trainable)
     model.train()
     train["update_rank"] = _update_rank(cell, model, shapes)
     matmul_params = sum(m.in_features * m.out_features for m in base_linears)  # a packed weight's numel is not
@@ -298,9 +307,14 @@ def _set_up(cell: Cell, device: torch.device, precision: Precision, task, train:
         next_batch = distributed.rank_slice(next_batch, ranks, cell.batch_size)
     inject = "none" if ranks is not None and not ranks.last else cell.inject  # a lone failing rank, the hard case
 
+    accumulate = methods.METHODS[cell.method.name].accumulation_window
+    window = contextlib.nullcontext if accumulate is None else lambda m: accumulate(m, precision.autocast_dtype)
+    mb = cell.micro_batches
+
     def step(i: int) -> torch.Tensor:
+        batches = [next_batch(i * mb + k) for k in range(mb)]
         return _train_step(
-            model, optimizer, scaler, precision, task, device.type, inject, next_batch(i), schedule, cell.grad_clip
+            model, optimizer, scaler, precision, task, device.type, inject, batches, schedule, cell.grad_clip, window
         )
 
     return _Setup(model, info, optimizer, next_batch, step, matmul_params, trains_base, ranks)
@@ -357,7 +371,7 @@ def _measure(cell: Cell, options: Options, out: dict) -> None:
 def _throughput(cell: Cell, setup: _Setup, precision: Precision, device_info: dict, step_times: list[float]) -> dict:
     """Throughput of the whole cell: the tokens of every rank over the slowest rank's step times; MFU against the
     peak of all its GPUs."""
-    samples_per_step = cell.batch_size * cell.gpus
+    samples_per_step = cell.batch_size * cell.gpus * cell.micro_batches
     tokens_per_step = samples_per_step * cell.seq_len
     stats = metrics.step_stats(step_times)
     flops = metrics.model_flops_per_step(

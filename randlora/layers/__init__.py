@@ -1,2 +1,2 @@
 """Adapter implementations; importing this package registers every (method, impl)."""
-from . import full, lora, randlora_compiled, randlora_eager, randlora_sparse  # noqa: F401
+from . import full, lora, randlora_compiled, randlora_eager, randlora_semi, randlora_sparse  # noqa: F401

@@ -78,6 +78,12 @@ class AdapterLinear(nn.Module):
     def adapted_forward(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def open_window(self, dtype: torch.dtype | None) -> None:
+        """Start an accumulation window (randlora.accumulation_window); a layer without one does nothing."""
+
+    def close_window(self, project: bool) -> None:
+        """End the window; with `project`, add the window's gradients to the trainables' .grad."""
+
     # --- shared behaviour ----------------------------------------------------------------------------------
     @property
     def weight(self) -> torch.Tensor:

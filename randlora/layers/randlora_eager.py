@@ -15,7 +15,7 @@ from torch import nn
 
 from ..bases import BasisBank, num_bases
 from ..errors import ConfigError
-from ..functional import choose_contraction, delta_weight, randlora_linear
+from ..functional import choose_contraction, delta_weight, randlora_linear, window_project, window_weight
 from ..registry import register
 from ..quantized import kind_of
 from .base import AdapterLinear, autocast_off, compute_dtype
@@ -39,6 +39,9 @@ class RandLoRALinear(AdapterLinear):
         self.randlora_gamma = nn.Parameter(torch.empty(self.num_bases, self.d, device=weight.device, dtype=dtype))
         self.reset_parameters()
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else None
+        # W0 + ΔW (D, d) while an accumulation window is open; an instance attribute from the start, so that a
+        # compiled graph's guard on it sees the same dict whether or not a window has been opened
+        self._window_weight: torch.Tensor | None = None
 
     @classmethod
     def trainable_shapes(cls, config, out_features: int, in_features: int) -> dict[str, tuple[int, ...]]:
@@ -88,12 +91,47 @@ class RandLoRALinear(AdapterLinear):
         """The function computing y = x W0ᵀ + b + x ΔWᵀ; faster impls override this."""
         return randlora_linear
 
+    def _scalings(self, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """λ·s and γ in `dtype`: s folds into the small λ (r, n), so the functions run with scaling 1 and a compiled
+        graph does not specialise on s."""
+        return (self.randlora_lambda * self.scaling).to(dtype), self.randlora_gamma.to(dtype)
+
+    # --- the accumulation window (randlora/accumulation.py) ------------------------------------------------
+    def open_window(self, dtype: torch.dtype | None) -> None:
+        if self.config.accumulate != "window" or self.merged or not self.enabled:
+            return
+        if self._window_weight is not None:
+            raise ConfigError("an accumulation window is already open on this model; windows do not nest.")
+        weight = self.base.weight
+        dtype = dtype or weight.dtype
+        A, B = RandLoRALinear.bases(self, weight.device, dtype)  # dense: the window's two products are dense GEMMs
+        self._window_weight = window_weight(weight.to(dtype), A, B, *self._scalings(dtype))
+
+    def close_window(self, project: bool) -> None:
+        w = self._window_weight
+        if w is None:
+            return
+        self._window_weight = None
+        if not project or w.grad is None:
+            return
+        A, B = RandLoRALinear.bases(self, w.device, w.dtype)
+        with torch.enable_grad():
+            window_project(w.grad, A, B, *self._scalings(w.dtype))
+
+    def _window_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """y = x (W0 + ΔW)ᵀ + b with the window's weight; its gradient accumulates in the weight's .grad."""
+        dtype = compute_dtype(x)
+        w = self._window_weight.to(dtype)
+        bias = None if self.base.bias is None else self.base.bias.to(dtype)
+        with autocast_off(x.device):
+            return F.linear(x.to(dtype), w if self.in_features <= self.out_features else w.T, bias)
+
     def adapted_forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._window_weight is not None:
+            return self._window_forward(x)
         dtype = compute_dtype(x)
         A, B = self.bases(x.device, dtype)
-        # s folds into the small λ (r, n): the function then runs with scaling 1, so a compiled graph does not
-        # specialise on s, and no extra pass over a large tensor is spent on it.
-        lam, gam = (self.randlora_lambda * self.scaling).to(dtype), self.randlora_gamma.to(dtype)
+        lam, gam = self._scalings(dtype)
         weight = self.base.weight.to(dtype)
         bias = None if self.base.bias is None else self.base.bias.to(dtype)
         fn = self.linear_function()

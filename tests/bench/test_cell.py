@@ -226,3 +226,56 @@ def test_compile_scope_is_in_the_label_and_the_default_keeps_the_hash():
     cell = one_cell(compile=True, compile_scope="blocks")
     assert cell.label().endswith("compile=blocks") and cell.identity()["compile_scope"] == "blocks"
     assert "compile_scope" not in one_cell(compile=True).identity()
+
+
+class _CountingTask:
+    """The task with its loss calls counted."""
+
+    def __init__(self, task) -> None:
+        self.task, self.losses = task, 0
+
+    def __getattr__(self, name):
+        return getattr(self.task, name)
+
+    def loss(self, model, batch):
+        self.losses += 1
+        return self.task.loss(model, batch)
+
+
+@pytest.mark.parametrize("method", [{"name": "randlora", "r": 8, "accumulate": "window"}, "lora"])
+def test_micro_batches_run_that_many_backwards_per_optimizer_step(method):
+    from bench.spec.precision import PRECISIONS
+    from bench.spec.tasks import TASKS
+
+    cell = one_cell(method=method, micro_batches=3)
+    task = _CountingTask(TASKS[cell.task])
+    setup = cellmod._set_up(cell, torch.device("cpu"), PRECISIONS[cell.precision], task, {})
+    optimizer_steps = []
+    step = setup.optimizer.step
+    setup.optimizer.step = lambda *a, **k: optimizer_steps.append(1) or step(*a, **k)
+    for i in range(2):
+        assert torch.isfinite(setup.step(i))
+    assert (task.losses, len(optimizer_steps)) == (6, 2)
+
+
+def test_micro_batches_count_every_token_and_stay_out_of_the_hash_at_one():
+    result = run(one_cell(method={"name": "randlora", "r": 8, "accumulate": "window"}, micro_batches=2, steps=2),
+                 Options())
+    assert result["status"] == "ok", result["traceback"]
+    train = result["train"]
+    assert train["tokens_per_step"] == 2 * 2 * 16
+    assert train["tokens_per_s"] == pytest.approx(64 * 2 / sum(train["step_times_s"]))
+    assert "micro_batches" not in one_cell().identity() and "accumulate" not in one_cell().identity()["method"]
+    assert one_cell(micro_batches=2).identity()["micro_batches"] == 2
+    assert "b2x16x2mb" in one_cell(micro_batches=2).label().split()
+
+
+def test_peft_lora_liger_is_skipped_on_a_cpu_and_names_its_packages():
+    from bench.spec.methods import METHODS
+
+    method = METHODS["peft-lora-liger"]
+    assert method.needs_cuda and method.resolve({}) == {"r": 16, "alpha": 32, "dropout": 0.0}
+    result = run(one_cell(method="peft-lora-liger", device="cpu"), Options())
+    assert result["status"] == "skipped" and "runs CUDA kernels only" in result["reason"]
+    reason = method.unavailable_reason()
+    assert reason is None or "liger_kernel" in reason or "peft" in reason

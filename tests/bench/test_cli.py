@@ -61,7 +61,7 @@ def test_env_prints_the_host_and_says_when_there_is_no_gpu(capsys):
 def test_a_dry_run_lists_every_cell_with_its_hash_and_runs_nothing(capsys, tmp_path):
     code, out = run_cli(capsys, "run", "--matrix", "default", "--dry-run", "--run-dir", str(tmp_path / "r"))
     lines = out.splitlines()
-    assert code == 0 and len(lines) == 20 and lines[-1].startswith("18 cells from bench/grids/default.yaml")
+    assert code == 0 and len(lines) == 24 and lines[-1].startswith("22 cells from bench/grids/default.yaml")
     assert lines[0].startswith("dry run: the cells of bench/grids/default.yaml") and "nothing runs" in lines[0]
     assert lines[1].split()[0].isalnum() and len(lines[1].split()[0]) == 12
     assert not (tmp_path / "r").exists()

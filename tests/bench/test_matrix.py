@@ -176,7 +176,9 @@ def test_the_default_grid_exercises_every_method_impl_and_precision():
         "eager",
         "compiled",
         "sparse",
+        "semi_structured",
     }
+    assert {c.micro_batches for c in grid.cells} == {1, 2}
     assert {c.precision for c in grid.cells} == set(PRECISIONS)
     assert all(c.model.startswith("tiny-") for c in grid.cells)
 

@@ -32,3 +32,25 @@ def test_the_perf_grid_pairs_every_target_with_its_reference():
     assert all(len(c.targets) == 7 for c in every if c.method.name != "full")
     assert all(c.method.kwargs.get("r") == (16 if "lora" in c.method.name and "rand" not in c.method.name else 32)
                for c in every if c.method.name != "full")  # fmt: skip
+
+
+def test_the_perf2_grid_pairs_each_issue_17_target_with_its_reference():
+    cells = {
+        (c.model, c.method.name, c.method.kwargs.get("impl"), c.method.kwargs.get("basis"),
+         c.method.kwargs.get("accumulate"), c.micro_batches, c.compile_scope if c.compile else None): c
+        for c in matrix.load("h200-perf2").cells
+    }
+    best, window = ("randlora", "compiled", "uniform", "micro_batch"), ("randlora", "compiled", "uniform", "window")
+    for model in ("llama-1.1b", "llama-8b"):
+        assert (model, *best, 1, None) in cells and (model, *window, 4, None) in cells
+    for mb in (1, 4):
+        assert ("llama-1.1b", "full", "eager", None, None, mb, "blocks") in cells
+        assert ("llama-8b", "peft-lora", None, None, None, mb, "blocks") in cells
+    for name in ("peft-lora", "peft-lora-liger"):
+        assert ("llama-1.1b", name, None, None, None, 1, "blocks") in cells
+    assert ("llama-1.1b", "lora", "eager", None, None, 1, "blocks") in cells
+    for impl in ("semi_structured", "eager"):  # the 2:4 basis on the sparse tensor cores vs dense, same basis
+        assert ("llama-8b", "randlora", impl, "sparse_2_4", "micro_batch", 1, None) in cells
+    every = list(cells.values())
+    assert len(every) == 14 and all(c.precision == "bf16" and c.seq_len == 1024 for c in every)
+    assert all(c.batch_size == (8 if c.model == "llama-1.1b" else 4) for c in every)

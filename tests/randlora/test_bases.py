@@ -14,7 +14,7 @@ from randlora.functional import delta_weight
 
 from .helpers import reference_delta
 
-BASES = ["uniform", "normal", "sparse", "very_sparse"]
+BASES = ["uniform", "normal", "sparse", "very_sparse", "sparse_2_4"]
 
 
 def _digest(bank: BasisBank) -> str:
@@ -34,6 +34,7 @@ def _random_update(bank: BasisBank, d: int, D: int) -> torch.Tensor:
         "uniform",
         "normal",
         "sparse",
+        "sparse_2_4",
         pytest.param(
             "very_sparse",
             marks=pytest.mark.xfail(

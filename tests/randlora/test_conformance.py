@@ -16,6 +16,9 @@ CASES = {
     ("randlora", "eager"): randlora.RandLoRAConfig(r=5, alpha=9.0, target_modules=TARGETS, trainable_modules=["head"]),
     ("randlora", "compiled"): randlora.RandLoRAConfig(r=5, alpha=9.0, impl="compiled", target_modules=TARGETS),
     ("randlora", "sparse"): randlora.RandLoRAConfig(r=5, alpha=9.0, impl="sparse", basis="sparse", target_modules=TARGETS),
+    ("randlora", "semi_structured"): randlora.RandLoRAConfig(
+        r=5, alpha=9.0, impl="semi_structured", basis="sparse_2_4", target_modules=TARGETS
+    ),
     ("lora", "eager"): randlora.LoRAConfig(r=3, alpha=6.0, target_modules=TARGETS, trainable_modules=["head"]),
     ("full", "eager"): randlora.FullFinetuneConfig(),
 }

@@ -9,7 +9,10 @@ from randlora.functional import choose_contraction, contraction_flops, randlora_
 
 from .helpers import TARGETS, TinyMLP, randomize_, reference_delta
 
-IMPLS = [("eager", "uniform"), ("compiled", "uniform"), ("sparse", "sparse"), ("eager", "very_sparse")]
+IMPLS = [
+    ("eager", "uniform"), ("compiled", "uniform"), ("sparse", "sparse"), ("eager", "very_sparse"),
+    ("semi_structured", "sparse_2_4"), ("sparse", "sparse_2_4"),
+]
 
 
 def _reference_forward(model, x):
