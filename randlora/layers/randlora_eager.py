@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..bases import BasisBank, num_bases
+from ..layouts import features
 from ..functional import choose_contraction, delta_weight, randlora_linear
 from ..registry import register
 from .base import AdapterLinear, autocast_off, compute_dtype
@@ -17,7 +18,7 @@ _PARAM_DTYPES = {"float32": lambda weight: torch.float32, "model": lambda weight
 class RandLoRALinear(AdapterLinear):
     """Trainables λ (r, n) = 0 and γ (n, d) = 1/d at start, so ΔW = 0; bases come from the model's shared bank."""
 
-    def __init__(self, base: nn.Linear, config, bank: BasisBank) -> None:
+    def __init__(self, base: nn.Module, config, bank: BasisBank) -> None:
         super().__init__(base, config)
         self.d, self.D = min(self.in_features, self.out_features), max(self.in_features, self.out_features)
         self.r, self.num_bases = config.r, num_bases(self.d, config.r, config.n_bases)
@@ -44,8 +45,8 @@ class RandLoRALinear(AdapterLinear):
 
     @classmethod
     def shared_state(cls, model, config, targets) -> dict:
-        d_max = max(min(m.in_features, m.out_features) for m in targets.values())
-        D_max = max(max(m.in_features, m.out_features) for m in targets.values())
+        shapes = [features(m) for m in targets.values()]  # (out, in)
+        d_max, D_max = max(min(s) for s in shapes), max(max(s) for s in shapes)
         bank = BasisBank(
             r=config.r, d_max=d_max, D_max=D_max, basis=config.basis, seed=config.seed, n_bases=config.n_bases
         )
@@ -78,7 +79,7 @@ class RandLoRALinear(AdapterLinear):
         # s folds into the small λ (r, n): the function then runs with scaling 1, so a compiled graph does not
         # specialise on s, and no extra pass over a large tensor is spent on it.
         lam, gam = (self.randlora_lambda * self.scaling).to(dtype), self.randlora_gamma.to(dtype)
-        weight = self.base.weight.to(dtype)
+        weight = self.weight_out_in.to(dtype)
         bias = None if self.base.bias is None else self.base.bias.to(dtype)
         fn = self.linear_function()
         with autocast_off(x.device):
