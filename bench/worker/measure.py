@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from randlora import regional
+from randlora.layouts import features, is_linear
 
 from bench.worker import distributed
 from bench.worker import memory
@@ -237,11 +238,11 @@ def _set_up(cell: Cell, device: torch.device, precision: Precision, task, train:
         model, info = task.build_model(cell, device, precision.param_dtype)
     else:
         model, info = presets.build(cell.model, precision.param_dtype, device, cell.trust_remote_code)
-    base_linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    base_linears = [m for m in model.modules() if is_linear(m)]  # nn.Linear, or Conv1D (GPT-2)
     trainable = methods.resolve_modules(model, cell.trainable_modules, "trainable_modules", linear_only=False)
     targets = methods.resolve_modules(model, cell.targets, "targets", linear_only=True, exclude=trainable)
     modules = dict(model.named_modules())
-    shapes = [(modules[name].out_features, modules[name].in_features) for name in targets]
+    shapes = [features(modules[name]) for name in targets]  # (out, in)
     kwargs = cell.method.kwargs
     if cell.basis_seed == "cell":  # the random bases vary with the seed, as the weights and batches do
         kwargs = {**kwargs, "seed": cell.seed}
