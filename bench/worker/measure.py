@@ -1,7 +1,8 @@
 """One cell, measured inside its own process: build, adapt, warm up, time the steps, count the memory.
 
     first step      wall clock, device drained at both ends: compilation and autotuning land here
-    warm-up         the remaining warm-up steps, untimed; the loss must be finite after them
+    warm-up         the remaining warm-up steps, untimed in the result, and more while the step time has not
+                    settled (`warmup.py`); the loss must be finite after them
     measured        `steps` steps, each timed on the device; allocator peaks reset just before
     breakdown       one more step, untimed, counting saved activations and gradients
     extras          a profiler trace, a matmul ceiling, the task's evaluate(), when asked for
@@ -33,6 +34,7 @@ from bench.spec import methods
 from bench.worker import metrics
 from bench.spec import presets
 from bench.worker import timing
+from bench.worker import warmup
 from bench.spec.cells import Cell
 from bench.core.errors import BenchError
 from bench.spec.precision import PRECISIONS, Precision
@@ -297,14 +299,16 @@ def _measure(cell: Cell, options: Options, out: dict) -> None:
 
         with timing.wall_clock(device, train, "first_step_s"):
             losses = [setup.step(0)]
-        losses += [setup.step(i) for i in range(1, cell.warmup_steps)]
+        rule = warmup.FIXED if task.evaluate is not None else warmup.SETTLE
+        losses += _warm_up(setup, device, rule, cell.warmup_steps, train)
         _check_finite(losses, "warm-up")
 
         peaks.reset()
         graphs_before = _compiled_graphs()
         timer = timing.StepTimer(device)
         losses = []
-        for i in range(cell.warmup_steps, cell.warmup_steps + cell.steps):
+        first = train["warmup_steps_run"]
+        for i in range(first, first + cell.steps):
             with timer.step():
                 losses.append(setup.step(i))
         step_times = timer.times_s()
@@ -327,6 +331,19 @@ def _measure(cell: Cell, options: Options, out: dict) -> None:
             train.update(_ceiling(device, precision, train, cell.gpus))
         if task.evaluate is not None:
             out["task_metrics"] = task.evaluate(setup.model, setup.info, device, cell.seed)
+
+
+def _warm_up(setup: _Setup, device: torch.device, rule, configured: int, train: dict) -> list[torch.Tensor]:
+    """The warm-up steps after the first, as many as `rule` asks for; their times (the first step's included, the
+    slowest rank's under torchrun, so every rank takes the same number) go into `train`."""
+    times, losses, clock = [train["first_step_s"]], [], {}
+    while rule.another_step(times, configured):
+        with timing.wall_clock(device, clock, "step_s"):
+            losses.append(setup.step(len(times)))
+        step_s = clock["step_s"] if setup.ranks is None else distributed.slowest([clock["step_s"]], device)[0]
+        times.append(step_s)
+    train["warmup_steps_run"], train["warmup_step_times_s"] = len(times), times
+    return losses
 
 
 def _throughput(cell: Cell, setup: _Setup, precision: Precision, device_info: dict, step_times: list[float]) -> dict:
