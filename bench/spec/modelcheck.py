@@ -23,23 +23,32 @@ def _clause(exc: BaseException) -> str:
 
 
 @functools.cache
-def hf_config(model: str, trust_remote_code: bool):
-    """The transformers config of an `hf:` model; ValueError (a clause naming the model) when it cannot be read."""
+def _read_config(model: str, trust_remote_code: bool):
+    """(config, None), or (None, the clause saying why not): a failure is cached too, so an unreachable hub is
+    asked once per process (each try waits through huggingface_hub's retries)."""
     import huggingface_hub.constants
     import transformers
 
+    offline = bool(huggingface_hub.constants.HF_HUB_OFFLINE)
     try:
+        path = model[len(presets.HF_PREFIX) :]
         return transformers.AutoConfig.from_pretrained(
-            model[len(presets.HF_PREFIX) :],
-            trust_remote_code=trust_remote_code,
-            local_files_only=bool(huggingface_hub.constants.HF_HUB_OFFLINE),
-        )
+            path, trust_remote_code=trust_remote_code, local_files_only=offline
+        ), None
     except (OSError, ValueError, KeyError, ImportError) as exc:  # no such folder or repo, offline, unknown type
-        offline = " (HF_HUB_OFFLINE is set, so only local files are read)" if huggingface_hub.constants.HF_HUB_OFFLINE else ""
-        raise ValueError(
-            f"model {model!r} has no readable transformers config{offline}: {_clause(exc)}; give a local folder "
+        said = " (HF_HUB_OFFLINE is set, so only local files are read)" if offline else ""
+        return None, (
+            f"model {model!r} has no readable transformers config{said}: {_clause(exc)}; give a local folder "
             "written by save_pretrained, or a hub id that is cached or reachable"
-        ) from None
+        )
+
+
+def hf_config(model: str, trust_remote_code: bool):
+    """The transformers config of an `hf:` model; ValueError (a clause naming the model) when it cannot be read."""
+    config, why_not = _read_config(model, trust_remote_code)
+    if config is None:
+        raise ValueError(why_not)
+    return config
 
 
 def model_type(model: str, trust_remote_code: bool) -> str | None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench import cli
+from bench.core.errors import BenchError
 from bench.spec import modelcheck
 
 from .conftest import one_cell
@@ -77,6 +78,7 @@ def test_a_hub_id_out_of_reach_offline_is_one_sentence_at_dry_run(capsys, monkey
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    modelcheck._read_config.cache_clear()
     grid = _grid(tmp_path, "no-such-owner-h14/no-such-model", "include: [{method: lora}]\n")
     code, out, err = _dry_run(capsys, grid, tmp_path)
     assert code == 2 and "Traceback" not in err
@@ -100,7 +102,7 @@ def test_trust_remote_code_reaches_the_config_only_when_the_grid_asks(gpt2_folde
     monkeypatch.setattr(
         transformers.AutoConfig, "from_pretrained", lambda path, **kw: seen.append(kw["trust_remote_code"]) or real(path, **kw)
     )
-    modelcheck.hf_config.cache_clear()
+    modelcheck._read_config.cache_clear()
     one_cell(model=f"hf:{gpt2_folder}", trust_remote_code=False)
     one_cell(model=f"hf:{gpt2_folder}", trust_remote_code=True)
     assert seen == [False, True]
@@ -125,3 +127,21 @@ def test_a_gpt2_from_a_folder_runs_end_to_end_for_randlora_lora_and_peft_lora(gp
         assert record["status"] == "ok", record.get("reason")
         assert record["cell"]["targets"] == ["c_attn", "c_proj", "c_fc"]
         assert record["train"]["trainable_params"] > 0 and record["train"]["warmup_steps_run"] >= 1
+
+
+def test_a_config_that_cannot_be_read_is_asked_for_once(monkeypatch, tmp_path):
+    """Each try at an unreachable hub waits through huggingface_hub's retries: resolve and check share one."""
+    import transformers
+
+    calls = []
+
+    def unreachable(path, **kwargs):
+        calls.append(path)
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files.")
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", unreachable)
+    modelcheck._read_config.cache_clear()
+    cell = one_cell(model="hf:someone/unreachable-h14", method="lora")
+    with pytest.raises(BenchError, match=r"^grid.yaml: model 'hf:someone/unreachable-h14' has no readable"):
+        modelcheck.check([cell], "grid.yaml")
+    assert calls == ["someone/unreachable-h14"]
