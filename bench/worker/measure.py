@@ -334,14 +334,20 @@ def _measure(cell: Cell, options: Options, out: dict) -> None:
 
 
 def _warm_up(setup: _Setup, device: torch.device, rule, configured: int, train: dict) -> list[torch.Tensor]:
-    """The warm-up steps after the first, as many as `rule` asks for; their times (the first step's included, the
-    slowest rank's under torchrun, so every rank takes the same number) go into `train`."""
+    """The warm-up steps after the first, as many as `rule` asks for; their times (the first step's included) go
+    into `train`. A loss that is not finite ends warm-up at the configured count: the cell has diverged, and
+    settling its clock would not change that. Under torchrun both the time and the divergence are the worst
+    rank's, so every rank takes the same number of steps."""
     times, losses, clock = [train["first_step_s"]], [], {}
     while rule.another_step(times, configured):
         with timing.wall_clock(device, clock, "step_s"):
             losses.append(setup.step(len(times)))
-        step_s = clock["step_s"] if setup.ranks is None else distributed.slowest([clock["step_s"]], device)[0]
+        step_s, diverged = clock["step_s"], float(not torch.isfinite(losses[-1]).all())
+        if setup.ranks is not None:
+            step_s, diverged = distributed.slowest([step_s, diverged], device)
         times.append(step_s)
+        if diverged and len(times) >= configured:
+            break
     train["warmup_steps_run"], train["warmup_step_times_s"] = len(times), times
     return losses
 
