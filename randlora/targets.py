@@ -22,8 +22,9 @@ ALL_LINEAR = "all-linear"
 
 
 def _all_linear(model: nn.Module, exclude: tuple[str, ...]) -> list[tuple[str, nn.Module]]:
-    """Every linear layer (nn.Linear or Conv1D, `layouts.py`) except the output layer (`get_output_embeddings()`) and the modules matching `exclude` or
-    inside one that does (exclude "pooler" and its "pooler.dense" is left out too)."""
+    """Every linear layer (nn.Linear or Conv1D, `layouts.py`) except the output layer (`get_output_embeddings()`)
+    and the modules matching `exclude` or inside one that does (exclude "pooler" and its "pooler.dense" is left out
+    too)."""
     get_output = getattr(model, "get_output_embeddings", None)
     output = get_output() if callable(get_output) else None
     excluded = [name for name, _ in model.named_modules() if name and any(_matches(p, name) for p in exclude)]
@@ -43,8 +44,8 @@ def select_modules(
 ) -> dict[str, nn.Module]:
     """Modules whose name matches any pattern, in model order.
 
-    The pattern "all-linear" selects every linear layer (`layouts.py`) but the output layer and the modules matching `exclude`
-    (the config's trainable_modules, e.g. a classification head trained in full).
+    The pattern "all-linear" selects every linear layer (`layouts.py`) but the output layer and the modules matching
+    `exclude` (the config's trainable_modules, e.g. a classification head trained in full).
 
     Every pattern must match at least one module, and with `linear_only` every match must be a linear layer;
     otherwise a ConfigError names the pattern (or module) and what would be right.

@@ -83,7 +83,8 @@ def test_a_hub_id_out_of_reach_offline_is_one_sentence_at_dry_run(capsys, monkey
     code, out, err = _dry_run(capsys, grid, tmp_path)
     assert code == 2 and "Traceback" not in err
     (line,) = err.strip().splitlines()
-    assert "model 'hf:no-such-owner-h14/no-such-model' has no readable transformers config (HF_HUB_OFFLINE is set" in line
+    model = "'hf:no-such-owner-h14/no-such-model'"
+    assert f"model {model} has no readable transformers config (HF_HUB_OFFLINE is set" in line
     assert line.endswith("give a local folder written by save_pretrained, or a hub id that is cached or reachable.")
 
 
@@ -99,9 +100,12 @@ def test_trust_remote_code_reaches_the_config_only_when_the_grid_asks(gpt2_folde
 
     seen = []
     real = transformers.AutoConfig.from_pretrained
-    monkeypatch.setattr(
-        transformers.AutoConfig, "from_pretrained", lambda path, **kw: seen.append(kw["trust_remote_code"]) or real(path, **kw)
-    )
+
+    def spy(path, **kwargs):
+        seen.append(kwargs["trust_remote_code"])
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", spy)
     modelcheck._read_config.cache_clear()
     one_cell(model=f"hf:{gpt2_folder}", trust_remote_code=False)
     one_cell(model=f"hf:{gpt2_folder}", trust_remote_code=True)
@@ -114,7 +118,8 @@ def test_a_gpt2_from_a_folder_runs_end_to_end_for_randlora_lora_and_peft_lora(gp
     grid = _grid(
         tmp_path,
         gpt2_folder,
-        "axes:\n  method: [{name: randlora, r: 4, alpha: 64}, {name: lora, r: 4, alpha: 8}, {name: peft-lora, r: 4, alpha: 8}]\n",
+        "axes:\n  method: [{name: randlora, r: 4, alpha: 64}, {name: lora, r: 4, alpha: 8},"
+        " {name: peft-lora, r: 4, alpha: 8}]\n",
     )
     run_dir = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
