@@ -298,9 +298,9 @@ def _measure(cell: Cell, options: Options, out: dict) -> None:
         setup = _set_up(cell, device, precision, task, train)
 
         with timing.wall_clock(device, train, "first_step_s"):
-            losses = [setup.step(0)]
+            first_loss = setup.step(0)
         rule = warmup.FIXED if task.evaluate is not None else warmup.SETTLE
-        losses += _warm_up(setup, device, rule, cell.warmup_steps, train)
+        losses = _warm_up(setup, device, rule, cell.warmup_steps, train, first_loss)
         _check_finite(losses, "warm-up")
 
         peaks.reset()
@@ -333,21 +333,23 @@ def _measure(cell: Cell, options: Options, out: dict) -> None:
             out["task_metrics"] = task.evaluate(setup.model, setup.info, device, cell.seed)
 
 
-def _warm_up(setup: _Setup, device: torch.device, rule, configured: int, train: dict) -> list[torch.Tensor]:
-    """The warm-up steps after the first, as many as `rule` asks for; their times (the first step's included) go
-    into `train`. A loss that is not finite ends warm-up at the configured count: the cell has diverged, and
-    settling its clock would not change that. Under torchrun both the time and the divergence are the worst
+def _warm_up(setup: _Setup, device: torch.device, rule, configured: int, train: dict, first_loss) -> list:
+    """The losses of every warm-up step: the first (taken by the caller) and as many more as `rule` asks for; their
+    times go into `train`. A loss that is not finite ends warm-up at the configured count: the cell has diverged,
+    and settling its clock would not change that. Under torchrun the time and the divergence are the worst
     rank's, so every rank takes the same number of steps."""
-    times, losses, clock = [train["first_step_s"]], [], {}
-    while rule.another_step(times, configured):
-        with timing.wall_clock(device, clock, "step_s"):
-            losses.append(setup.step(len(times)))
-        step_s, diverged = clock["step_s"], float(not torch.isfinite(losses[-1]).all())
+    times, losses, clock = [], [first_loss], {}
+    step_s = train["first_step_s"]
+    while True:
+        diverged = float(not torch.isfinite(losses[-1]).all())
         if setup.ranks is not None:
             step_s, diverged = distributed.slowest([step_s, diverged], device)
         times.append(step_s)
-        if diverged and len(times) >= configured:
+        if (diverged and len(times) >= configured) or not rule.another_step(times, configured):
             break
+        with timing.wall_clock(device, clock, "step_s"):
+            losses.append(setup.step(len(times)))
+        step_s = clock["step_s"]
     train["warmup_steps_run"], train["warmup_step_times_s"] = len(times), times
     return losses
 

@@ -46,3 +46,32 @@ def test_a_slow_downward_trend_is_not_taken_for_settled():
 
 def test_the_fixed_rule_takes_exactly_the_configured_steps():
     assert steps_taken(FIXED, [1.02, 0.88, 0.15, 0.04, 0.04, 0.04], configured=2) == 2
+
+
+def _fake_setup(loss: float, calls: list):
+    import torch
+    from types import SimpleNamespace
+
+    return SimpleNamespace(ranks=None, step=lambda i: calls.append(i) or torch.tensor(loss))
+
+
+def test_a_diverged_first_step_takes_no_warm_up_beyond_the_configured_count():
+    import torch
+
+    from bench.worker.measure import _warm_up
+
+    calls, train = [], {"first_step_s": 1.0}
+    losses = _warm_up(_fake_setup(float("nan"), calls), torch.device("cpu"), SETTLE, 1, train, torch.tensor(float("nan")))
+    assert calls == [] and len(losses) == 1 and train["warmup_steps_run"] == 1
+
+
+def test_the_warm_up_loop_steps_with_consecutive_indices_up_to_the_rule_cap():
+    import torch
+
+    from bench.worker.measure import _warm_up
+
+    never = SettleRule(rtol=-1.0, max_extra_steps=2)  # no window can settle: only the cap stops it
+    calls, train = [], {"first_step_s": 1.0}
+    losses = _warm_up(_fake_setup(0.5, calls), torch.device("cpu"), never, 3, train, torch.tensor(0.5))
+    assert calls == [1, 2, 3, 4] and len(losses) == 5
+    assert train["warmup_steps_run"] == 5 and train["warmup_step_times_s"][0] == 1.0
