@@ -61,7 +61,8 @@ def test_a_diverged_first_step_takes_no_warm_up_beyond_the_configured_count():
     from bench.worker.measure import _warm_up
 
     calls, train = [], {"first_step_s": 1.0}
-    losses = _warm_up(_fake_setup(float("nan"), calls), torch.device("cpu"), SETTLE, 1, train, torch.tensor(float("nan")))
+    nan = torch.tensor(float("nan"))
+    losses = _warm_up(_fake_setup(float("nan"), calls), torch.device("cpu"), SETTLE, 1, train, nan)
     assert calls == [] and len(losses) == 1 and train["warmup_steps_run"] == 1
 
 
