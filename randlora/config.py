@@ -59,8 +59,9 @@ class AdapterConfig:
 
     target_modules: module names or regular expressions. A pattern selects a module when it equals the module's
         full name, equals its last component (``q_proj`` selects ``model.layers.0.self_attn.q_proj``), or
-        ``re.fullmatch``-es the full name. Every pattern must select at least one ``nn.Linear``. The pattern
-        ``"all-linear"`` selects every ``nn.Linear`` but the output layer and the `trainable_modules`.
+        ``re.fullmatch``-es the full name. Every pattern must select at least one linear layer
+        (``nn.Linear`` or transformers' ``Conv1D``). ``"all-linear"`` selects every one but the output layer and the
+        `trainable_modules`.
     trainable_modules: modules trained in full next to the adapter in every method (a classification head, a
         pooler), so that methods are compared on equal terms. Same matching rules; may match any module type.
     """
@@ -115,7 +116,7 @@ def _validate_low_rank(config) -> None:
         raise ConfigError(f"{name}.dropout is {config.dropout!r}; it must be in [0, 1).")
     _check_choice(name, "param_dtype", config.param_dtype, ParamDtype)
     if not config.target_modules:
-        raise ConfigError(f"{name}.target_modules is empty; name at least one nn.Linear module or pattern.")
+        raise ConfigError(f"{name}.target_modules is empty; name at least one linear module or pattern.")
 
 
 @dataclass(frozen=True)

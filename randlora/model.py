@@ -10,6 +10,7 @@ from . import layers  # noqa: F401  (registers the implementations)
 from .config import AdapterConfig
 from .errors import ConfigError
 from .layers.base import AdapterLinear
+from .layouts import features
 from .registry import lookup
 from .targets import select_modules
 
@@ -33,8 +34,9 @@ def _selection(model: nn.Module, config: AdapterConfig) -> tuple[type, dict[str,
 def adapt(model: nn.Module, config: AdapterConfig) -> nn.Module:
     """Adapt `model` in place and return it, with exactly the adapter parameters (and `trainable_modules`) trainable.
 
-    The implementation is looked up from `(config.method, config.impl)`; targets are the `nn.Linear` modules
-    selected by `config.target_modules` (full fine-tuning ignores them and trains everything).
+    The implementation is looked up from `(config.method, config.impl)`; targets are the linear layers
+    (`nn.Linear` or transformers' `Conv1D`) selected by `config.target_modules` (full fine-tuning ignores them and
+    trains everything).
     """
     if getattr(model, CONFIG_ATTR, None) is not None:
         raise ConfigError("model is already adapted; adapt a fresh model, or load an adapter into this one.")
@@ -54,14 +56,14 @@ def planned_adapter(model: nn.Module, config: AdapterConfig) -> tuple[dict[str, 
     ({target name: (out, in)}, {trainable parameter name: shape}), the latter as `trainable_parameters` names them.
     """
     impl, targets, extra = _selection(model, config)
-    layers = {name: (m.out_features, m.in_features) for name, m in targets.items()}
+    layers = {name: features(m) for name, m in targets.items()}
     if config.method == "full":
         return layers, {name: tuple(p.shape) for name, p in model.named_parameters()}
     in_extra = {id(p) for module in extra.values() for p in module.parameters()}
     wrapped = {f"{t}.{leaf}": f"{t}.base.{leaf}" for t in targets for leaf in ("weight", "bias")}
     trainables = {wrapped.get(n, n): tuple(p.shape) for n, p in model.named_parameters() if id(p) in in_extra}
     for t, m in targets.items():
-        for leaf, shape in impl.trainable_shapes(config, m.out_features, m.in_features).items():
+        for leaf, shape in impl.trainable_shapes(config, *features(m)).items():
             trainables[f"{t}.{leaf}"] = shape
     return layers, trainables
 

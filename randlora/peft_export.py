@@ -11,6 +11,9 @@ Size: peft's format holds one copy of the shared bases PER LAYER (plus one for t
 case 1.43 GB for 262,400 trainable parameters (about 1 MB of λ and γ). Keep `save_adapter` files for checkpoints;
 export only to hand an adapter to peft.
 
+Layers stored transposed (transformers' `Conv1D`, GPT-2) export with peft's `fan_in_fan_out=True`; peft takes that
+flag for the whole model, so a model mixing `Conv1D` and `nn.Linear` targets cannot be exported and is refused.
+
 peft gives every layer n = ceil(d / r) bases; an adapter whose `n_bases` caps any layer below that cannot be
 expressed there, and its export is refused.
 """
@@ -25,6 +28,7 @@ from safetensors.torch import save_file
 from .bases import num_bases
 from .config import RandLoRAConfig
 from .errors import ConfigError
+from .layouts import layout_of
 from .model import adapter_config, adapter_layers
 
 
@@ -39,6 +43,18 @@ def _peft_bases(layers, config: RandLoRAConfig) -> tuple[torch.Tensor, torch.Ten
     B = torch.zeros(max_dim, n, config.r)
     B.view(max_dim, n * config.r)[: bank.D_max, : bank.B.shape[1]] = bank.B
     return A, B
+
+
+def _fan_in_fan_out(layers) -> bool:
+    """peft's fan_in_fan_out: whether the targets store their weights (in, out); refused when they differ."""
+    kinds = {layout_of(layer.base) for _, layer in layers}
+    if len(kinds) > 1:
+        names = " and ".join(sorted(k.name for k in kinds))
+        raise ConfigError(
+            f"the adapter wraps both {names} layers, and peft's RandLora takes one weight layout (fan_in_fan_out) for "
+            "the whole model; export an adapter whose targets are all of one type."
+        )
+    return kinds.pop().transposed
 
 
 def export_to_peft(model: torch.nn.Module, out_dir: str | os.PathLike) -> Path:
@@ -64,6 +80,7 @@ def export_to_peft(model: torch.nn.Module, out_dir: str | os.PathLike) -> Path:
     except ImportError:
         raise ConfigError("exporting to peft needs peft installed: pip install 'randlora-bench[peft]'.") from None
     layers = list(adapter_layers(model))
+    fan_in_fan_out = _fan_in_fan_out(layers)
     A, B = _peft_bases(layers, config)
     tensors = {"base_model.randlora_A": A, "base_model.randlora_B": B}
     for name, layer in layers:
@@ -79,6 +96,7 @@ def export_to_peft(model: torch.nn.Module, out_dir: str | os.PathLike) -> Path:
         target_modules=[name for name, _ in layers],
         projection_prng_key=config.seed,
         save_projection=True,
+        fan_in_fan_out=fan_in_fan_out,
     )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

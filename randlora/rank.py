@@ -18,6 +18,7 @@ from torch import nn
 from .bases import num_bases
 from .config import AdapterConfig, LoRAConfig, RandLoRAConfig
 from .errors import ConfigError
+from .layouts import features, is_linear
 from .model import adapter_config, adapter_layers
 
 
@@ -32,13 +33,11 @@ def update_rank(config: AdapterConfig, out_features: int, in_features: int) -> i
 
 
 def update_ranks(model: nn.Module) -> dict[str, int]:
-    """{layer name: update_rank} over the adapted layers (every nn.Linear for full fine-tuning)."""
+    """{layer name: update_rank} over the adapted layers (every linear layer for full fine-tuning)."""
     config = adapter_config(model)
     if config.method == "full":
-        layers = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-    else:
-        layers = list(adapter_layers(model))
-    return {name: update_rank(config, m.out_features, m.in_features) for name, m in layers}
+        return {name: update_rank(config, *features(m)) for name, m in model.named_modules() if is_linear(m)}
+    return {name: update_rank(config, m.out_features, m.in_features) for name, m in adapter_layers(model)}
 
 
 def update_rank_of(model: nn.Module) -> int:

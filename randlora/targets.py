@@ -6,6 +6,7 @@ import re
 from torch import nn
 
 from .errors import ConfigError
+from .layouts import KINDS, is_linear
 
 
 def _matches(pattern: str, name: str) -> bool:
@@ -21,8 +22,9 @@ ALL_LINEAR = "all-linear"
 
 
 def _all_linear(model: nn.Module, exclude: tuple[str, ...]) -> list[tuple[str, nn.Module]]:
-    """Every nn.Linear except the output layer (`get_output_embeddings()`) and the modules matching `exclude` or
-    inside one that does (exclude "pooler" and its "pooler.dense" is left out too)."""
+    """Every linear layer (nn.Linear or Conv1D, `layouts.py`) except the output layer (`get_output_embeddings()`)
+    and the modules matching `exclude` or inside one that does (exclude "pooler" and its "pooler.dense" is left out
+    too)."""
     get_output = getattr(model, "get_output_embeddings", None)
     output = get_output() if callable(get_output) else None
     excluded = [name for name, _ in model.named_modules() if name and any(_matches(p, name) for p in exclude)]
@@ -33,7 +35,7 @@ def _all_linear(model: nn.Module, exclude: tuple[str, ...]) -> list[tuple[str, n
     return [
         (name, m)
         for name, m in model.named_modules()
-        if isinstance(m, nn.Linear) and m is not output and not left_out(name)
+        if is_linear(m) and m is not output and not left_out(name)
     ]
 
 
@@ -42,10 +44,10 @@ def select_modules(
 ) -> dict[str, nn.Module]:
     """Modules whose name matches any pattern, in model order.
 
-    The pattern "all-linear" selects every nn.Linear but the output layer and the modules matching `exclude`
-    (the config's trainable_modules, e.g. a classification head trained in full).
+    The pattern "all-linear" selects every linear layer (`layouts.py`) but the output layer and the modules matching
+    `exclude` (the config's trainable_modules, e.g. a classification head trained in full).
 
-    Every pattern must match at least one module, and with `linear_only` every match must be an `nn.Linear`;
+    Every pattern must match at least one module, and with `linear_only` every match must be a linear layer;
     otherwise a ConfigError names the pattern (or module) and what would be right.
     """
     for pattern in patterns:
@@ -61,14 +63,14 @@ def select_modules(
         else:
             hits = [(name, module) for name, module in named if _matches(pattern, name)]
         if not hits:
-            linear_names = sorted({n.rsplit(".", 1)[-1] for n, m in named if isinstance(m, nn.Linear)})
-            hint = f"; the model's nn.Linear names are {', '.join(linear_names[:12])}" if linear_names else ""
+            linear_names = sorted({n.rsplit(".", 1)[-1] for n, m in named if is_linear(m)})
+            hint = f"; the model's linear layers are named {', '.join(linear_names[:12])}" if linear_names else ""
             raise ConfigError(f"{field} pattern {pattern!r} matches no module of the model{hint}.")
         for name, module in hits:
-            if linear_only and not isinstance(module, nn.Linear):
+            if linear_only and not is_linear(module):
                 raise ConfigError(
                     f"{field} pattern {pattern!r} selects {name!r}, a {type(module).__name__}; "
-                    "only nn.Linear modules can be adapted, so narrow the pattern to the linear layers."
+                    f"only linear layers ({KINDS}) can be adapted, so narrow the pattern to the linear layers."
                 )
             selected[name] = module
     return selected

@@ -86,6 +86,8 @@ COLUMNS: tuple[Column, ...] = (
     _c("step_time_p90_s", "float64", "train.step_time_p90_s", "90th percentile"),
     _c("measured_time_s", "float64", "train.measured_time_s", "Σ measured step time"),
     _c("first_step_s", "float64", "train.first_step_s", "wall clock of the first step (compilation included)"),
+    _c("warmup_steps_run", "Int64", "train.warmup_steps_run",
+       "untimed steps taken: warmup_steps, then more until the step time settled (bench/worker/warmup.py)"),
     _c(
         "recompiles_measured",
         "Int64",

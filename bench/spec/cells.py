@@ -17,8 +17,7 @@ from typing import Any, Callable
 import randlora
 from randlora import ConfigError
 
-from bench.spec import methods
-from bench.spec import presets
+from bench.spec import methods, modelcheck, presets
 from bench.spec.precision import PRECISIONS
 from bench.spec.quant import QUANTS
 from bench.spec.tasks import TASKS
@@ -417,7 +416,9 @@ def resolve(values: dict) -> Cell:
         raise FieldError(f"task {task.name!r} takes no task_args.")
     own_model = task.model is not None
     preset = None if own_model else presets.lookup(values["model"])
-    default_targets, default_trainable = ((), ()) if own_model else presets.default_modules(values["model"])
+    hf = not own_model and presets.is_hf(values["model"])
+    family = modelcheck.model_type(values["model"], values["trust_remote_code"]) if hf else None
+    default_targets, default_trainable = ((), ()) if own_model else presets.default_modules(values["model"], family)
     targets = values["targets"] if values["targets"] is not None else default_targets
     trainable = values["trainable_modules"] if values["trainable_modules"] is not None else default_trainable
     seq_len = values["seq_len"]

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from bench.spec import methods
+from bench.spec import methods, modelcheck
 from bench.spec.cells import FIELDS, Cell, FieldError, MethodSpec, resolve
 from bench.core.errors import BenchError
 from bench.spec.slurm import SlurmConfig, SlurmFieldError
@@ -58,12 +58,20 @@ def embedded_grids() -> list[str]:
 
 
 def load(matrix: str) -> Grid:
-    """`matrix` is a path to a YAML file, or the bare name of a grid embedded in the package."""
+    """`matrix` is a path to a YAML file, or the bare name of a grid embedded in the package; every cell's model is
+    built on the meta device and its module patterns checked there (`modelcheck`), so nothing runs on a bad grid."""
     path = Path(matrix)
     if path.suffix in (".yaml", ".yml") or path.exists() or "/" in matrix:
         if not path.is_file():
             raise BenchError(f"--matrix {matrix!r} is not a file.")
-        return parse(Source.read(path), default_name=path.stem)
+        grid = parse(Source.read(path), default_name=path.stem)
+    else:
+        grid = _embedded(matrix)
+    modelcheck.check(grid.cells, grid.source)
+    return grid
+
+
+def _embedded(matrix: str) -> Grid:
     if matrix not in embedded_grids():
         raise BenchError(
             f"--matrix {matrix!r} is neither a YAML file nor an embedded grid; "

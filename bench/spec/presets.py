@@ -13,12 +13,20 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 
-from randlora import LLAMA_PROJECTIONS
+from randlora import ALL_LINEAR, LLAMA_PROJECTIONS
 
 HF_PREFIX = "hf:"
 # Every linear layer but the classification head, which trains in full (module names differ between
 # transformers versions: ViT's `query` became `q_proj` in 5.x, so no names are spelled out).
-ENCODER_TARGETS = ("all-linear",)
+ENCODER_TARGETS = (ALL_LINEAR,)
+# An `hf:` model's default targets, by its config's `model_type`; a family not listed gets every linear layer but
+# the output head (`all-linear`). GPT-2 keeps its projections in transformers' Conv1D, which randlora adapts too.
+HF_TARGETS: dict[str, tuple[str, ...]] = {
+    "llama": LLAMA_PROJECTIONS,
+    "mistral": LLAMA_PROJECTIONS,
+    "qwen2": LLAMA_PROJECTIONS,
+    "gpt2": ("c_attn", "c_proj", "c_fc"),
+}
 
 
 @dataclass(frozen=True)
@@ -190,19 +198,25 @@ def model_info(config, head: str, inputs: str) -> ModelInfo:
     )
 
 
-def parameter_count(preset: Preset) -> int:
-    """Parameters of a preset, from a model built on the meta device (no memory, no init cost)."""
+def meta_model(preset: Preset):
+    """The preset's model on the meta device: its modules and shapes, no memory, no init cost."""
     import torch
     import transformers
 
     config = getattr(transformers, preset.spec.config_class)(**preset.config)
     with torch.device("meta"):
-        model = getattr(transformers, preset.spec.model_class)(config)
-    return sum(p.numel() for p in model.parameters())
+        return getattr(transformers, preset.spec.model_class)(config)
 
 
-def default_modules(model: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(targets, trainable) a cell uses when the grid leaves them unset; `hf:` models are taken as Llama-like."""
+def parameter_count(preset: Preset) -> int:
+    """Parameters of a preset, from its model built on the meta device."""
+    return sum(p.numel() for p in meta_model(preset).parameters())
+
+
+def default_modules(model: str, model_type: str | None = None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(targets, trainable) a cell uses when the grid leaves them unset; an `hf:` model's come from `HF_TARGETS`
+    by its config's `model_type` (None: unknown), 'all-linear' for a family not listed."""
     preset = lookup(model)
-    spec = preset.spec if preset else FAMILIES["llama"]
-    return spec.targets, spec.trainable
+    if preset is None:
+        return HF_TARGETS.get(model_type, (ALL_LINEAR,)), ()
+    return preset.spec.targets, preset.spec.trainable

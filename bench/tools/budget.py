@@ -62,10 +62,11 @@ def _meta_model(model: str):
 def target_shapes(model: str, targets: tuple[str, ...] | None = None) -> list[tuple[int, int]]:
     """(out, in) of every layer the adapters wrap on `model` with `targets` (None: the model's default targets)."""
     from randlora import select_modules
+    from randlora.layouts import features
 
     net, default_targets, trainable = _meta_model(model)
     chosen = select_modules(net, tuple(targets or default_targets), "targets", linear_only=True, exclude=trainable)
-    return [(m.out_features, m.in_features) for m in chosen.values()]
+    return [features(m) for m in chosen.values()]  # nn.Linear or Conv1D
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,8 @@
 """One cell, measured inside its own process: build, adapt, warm up, time the steps, count the memory.
 
     first step      wall clock, device drained at both ends: compilation and autotuning land here
-    warm-up         the remaining warm-up steps, untimed; the loss must be finite after them
+    warm-up         the remaining warm-up steps, untimed in the result, and more while the step time has not
+                    settled (`warmup.py`); the loss must be finite after them
     measured        `steps` steps, each timed on the device; allocator peaks reset just before
     breakdown       one more step, untimed, counting saved activations and gradients
     extras          a profiler trace, a matmul ceiling, the task's evaluate(), when asked for
@@ -26,6 +27,7 @@ import torch
 from torch import nn
 
 from randlora import regional
+from randlora.layouts import features, is_linear
 
 from bench.worker import distributed
 from bench.worker import memory
@@ -35,6 +37,7 @@ from bench.worker import metrics
 from bench.worker import quantized_build
 from bench.spec import presets
 from bench.worker import timing
+from bench.worker import warmup
 from bench.spec.cells import Cell
 from bench.core.errors import BenchError
 from bench.spec.precision import PRECISIONS, Precision
@@ -240,6 +243,15 @@ def _update_rank(cell: Cell, model: nn.Module, shapes: list[tuple[int, int]]) ->
     return max((randlora.update_rank(config, out, inp) for out, inp in shapes), default=0)
 
 
+def _matmul_size(module) -> int:
+    """in × out of a linear layer: from its declared features (a quantised weight is packed), else its weight's
+    (out, in) view (Conv1D declares neither)."""
+    if hasattr(module, "in_features") and hasattr(module, "out_features"):
+        return module.in_features * module.out_features
+    out_features, in_features = features(module)
+    return out_features * in_features
+
+
 def _build(cell: Cell, device: torch.device, precision: Precision, task, ranks) -> tuple:
     """(model, ModelInfo, MetaModel or None): a task's own model or a preset / hf: model on `device`; for a cell of
     several ranks, a preset / hf: model on the meta device, which `_distribute` materialises shard by shard."""
@@ -272,11 +284,11 @@ def _distribute(cell: Cell, model: nn.Module, meta, precision: Precision, device
 def _set_up(cell: Cell, device: torch.device, precision: Precision, task, train: dict) -> _Setup:
     ranks = distributed.from_environment()
     model, info, meta = _build(cell, device, precision, task, ranks)
-    base_linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    base_linears = [m for m in model.modules() if is_linear(m)]  # nn.Linear, or Conv1D (GPT-2)
     trainable = methods.resolve_modules(model, cell.trainable_modules, "trainable_modules", linear_only=False)
     targets = methods.resolve_modules(model, cell.targets, "targets", linear_only=True, exclude=trainable)
     modules = dict(model.named_modules())
-    shapes = [(modules[name].out_features, modules[name].in_features) for name in targets]
+    shapes = [features(modules[name]) for name in targets]  # (out, in)
     kwargs = cell.method.kwargs
     if cell.basis_seed == "cell":  # the random bases vary with the seed, as the weights and batches do
         kwargs = {**kwargs, "seed": cell.seed}
@@ -286,7 +298,7 @@ def _set_up(cell: Cell, device: torch.device, precision: Precision, task, train:
     model = method.adapt(model, kwargs, targets, trainable)
     model.train()
     train["update_rank"] = _update_rank(cell, model, shapes)
-    matmul_params = sum(m.in_features * m.out_features for m in base_linears)  # a packed weight's numel is not
+    matmul_params = sum(_matmul_size(m) for m in base_linears)  # a packed weight's numel is not
     trains_base = any(m.weight.requires_grad for m in base_linears)
     train["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     train["total_params"] = sum(p.numel() for p in model.parameters())
@@ -335,15 +347,17 @@ def _measure(cell: Cell, options: Options, out: dict) -> None:
         setup = _set_up(cell, device, precision, task, train)
 
         with timing.wall_clock(device, train, "first_step_s"):
-            losses = [setup.step(0)]
-        losses += [setup.step(i) for i in range(1, cell.warmup_steps)]
+            first_loss = setup.step(0)
+        rule = warmup.FIXED if task.evaluate is not None else warmup.SETTLE
+        losses = _warm_up(setup, device, rule, cell.warmup_steps, train, first_loss)
         _check_finite(losses, "warm-up")
 
         peaks.reset()
         graphs_before = _compiled_graphs()
         timer = timing.StepTimer(device)
         losses = []
-        for i in range(cell.warmup_steps, cell.warmup_steps + cell.steps):
+        first = train["warmup_steps_run"]
+        for i in range(first, first + cell.steps):
             with timer.step():
                 losses.append(setup.step(i))
         step_times = timer.times_s()
@@ -366,6 +380,27 @@ def _measure(cell: Cell, options: Options, out: dict) -> None:
             train.update(_ceiling(device, precision, train, cell.gpus))
         if task.evaluate is not None:
             out["task_metrics"] = task.evaluate(setup.model, setup.info, device, cell.seed)
+
+
+def _warm_up(setup: _Setup, device: torch.device, rule, configured: int, train: dict, first_loss) -> list:
+    """The losses of every warm-up step: the first (taken by the caller) and as many more as `rule` asks for; their
+    times go into `train`. A loss that is not finite ends warm-up at the configured count: the cell has diverged,
+    and settling its clock would not change that. Under torchrun the time and the divergence are the worst
+    rank's, so every rank takes the same number of steps."""
+    times, losses, clock = [], [first_loss], {}
+    step_s = train["first_step_s"]
+    while True:
+        diverged = float(not torch.isfinite(losses[-1]).all())
+        if setup.ranks is not None:
+            step_s, diverged = distributed.slowest([step_s, diverged], device)
+        times.append(step_s)
+        if (diverged and len(times) >= configured) or not rule.another_step(times, configured):
+            break
+        with timing.wall_clock(device, clock, "step_s"):
+            losses.append(setup.step(len(times)))
+        step_s = clock["step_s"]
+    train["warmup_steps_run"], train["warmup_step_times_s"] = len(times), times
+    return losses
 
 
 def _throughput(cell: Cell, setup: _Setup, precision: Precision, device_info: dict, step_times: list[float]) -> dict:

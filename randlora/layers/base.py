@@ -1,4 +1,5 @@
-"""The base of every adapter that wraps a frozen `nn.Linear`.
+"""The base of every adapter that wraps a frozen linear layer: an `nn.Linear`, or transformers' `Conv1D` whose
+weight is stored (in, out) (`randlora.layouts`); adapters see every base weight as (out, in).
 
 A subclass declares its trainable tensors as `nn.Parameter`s, implements `reset_parameters()` (a fresh adapter,
 ΔW = 0), `delta_weight()` (the (out, in) update in float32) and `adapted_forward(x)`. Merge, unmerge, enable and
@@ -23,6 +24,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..quantized import dequantized_linear, kind_of
+from ..layouts import features, weight_out_in
 from ..targets import replace_module
 
 
@@ -47,10 +49,10 @@ def autocast_off(device: torch.device):
 class AdapterLinear(nn.Module):
     """y = base(x) + x ΔWᵀ, with `base` frozen. Subclasses set up their parameters in `__init__`."""
 
-    def __init__(self, base: nn.Linear, config) -> None:
+    def __init__(self, base: nn.Module, config) -> None:
         super().__init__()
         self.base = base
-        self.in_features, self.out_features = base.in_features, base.out_features
+        self.out_features, self.in_features = features(base)
         self.config = config
         self.quant = kind_of(base)  # None for a float base; else how its weight is stored
         self.merged = False
@@ -58,7 +60,7 @@ class AdapterLinear(nn.Module):
 
     # --- what subclasses provide -------------------------------------------------------------------------
     @classmethod
-    def shared_state(cls, model: nn.Module, config, targets: dict[str, nn.Linear]) -> dict:
+    def shared_state(cls, model: nn.Module, config, targets: dict[str, nn.Module]) -> dict:
         """State shared by all layers of one model (RandLoRA's bases); passed to each `__init__` as kwargs."""
         return {}
 
@@ -95,6 +97,11 @@ class AdapterLinear(nn.Module):
         return self.base.weight.dtype if self.quant is None else self.quant.float_dtype(self.base)
 
     @property
+    def weight_out_in(self) -> torch.Tensor:
+        """The frozen weight as (out, in) whatever its layout: a view, so writing it writes the base's weight."""
+        return weight_out_in(self.base)
+
+    @property
     def bias(self) -> torch.Tensor | None:
         return self.base.bias
 
@@ -113,14 +120,14 @@ class AdapterLinear(nn.Module):
                 "randlora.merge(model, dequantize=True) to replace the base by its dequantised float weight first."
             )
         if not self.merged:
-            w = self.base.weight
+            w = self.weight_out_in
             w.copy_((w.float() + self.delta_weight().to(w.device)).to(w.dtype))
             self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
         if self.merged:
-            w = self.base.weight
+            w = self.weight_out_in
             w.copy_((w.float() - self.delta_weight().to(w.device)).to(w.dtype))
             self.merged = False
 
@@ -140,7 +147,7 @@ class AdapterLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, merged={self.merged}"
 
     @classmethod
-    def adapt_model(cls, model: nn.Module, config, targets: dict[str, nn.Linear]) -> None:
+    def adapt_model(cls, model: nn.Module, config, targets: dict[str, nn.Module]) -> None:
         """Replace every target by an instance of `cls`; called by `randlora.adapt` on a frozen model."""
         shared = cls.shared_state(model, config, targets)
         for name, linear in targets.items():

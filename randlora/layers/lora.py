@@ -13,7 +13,7 @@ from .base import AdapterLinear, autocast_off, compute_dtype
 
 @register("lora", "eager")
 class LoRALinear(AdapterLinear):
-    def __init__(self, base: nn.Linear, config) -> None:
+    def __init__(self, base: nn.Module, config) -> None:
         super().__init__(base, config)
         weight = base.weight
         dtype = torch.float32 if config.param_dtype == "float32" else self.float_dtype

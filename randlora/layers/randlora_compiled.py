@@ -66,7 +66,7 @@ class CompiledRandLoRALinear(RandLoRALinear):
     in_compiled_block = False  # set by adapt_model on the layers whose block it compiled
 
     @classmethod
-    def adapt_model(cls, model: nn.Module, config, targets: dict[str, nn.Linear]) -> None:
+    def adapt_model(cls, model: nn.Module, config, targets: dict[str, nn.Module]) -> None:
         super().adapt_model(model, config, targets)
         compiled_any = False
         for _, block in regional.repeated_blocks(model):

@@ -16,6 +16,7 @@ from torch import nn
 from ..bases import BasisBank, num_bases
 from ..errors import ConfigError
 from ..functional import choose_contraction, delta_weight, randlora_linear, window_project, window_weight
+from ..layouts import features
 from ..registry import register
 from ..quantized import kind_of
 from .base import AdapterLinear, autocast_off, compute_dtype
@@ -27,7 +28,7 @@ _PARAM_DTYPES = {"float32": lambda layer: torch.float32, "model": lambda layer: 
 class RandLoRALinear(AdapterLinear):
     """Trainables λ (r, n) = 0 and γ (n, d) = 1/d at start, so ΔW = 0; bases come from the model's shared bank."""
 
-    def __init__(self, base: nn.Linear, config, bank: BasisBank) -> None:
+    def __init__(self, base: nn.Module, config, bank: BasisBank) -> None:
         super().__init__(base, config)
         self.d, self.D = min(self.in_features, self.out_features), max(self.in_features, self.out_features)
         self.r, self.num_bases = config.r, num_bases(self.d, config.r, config.n_bases)
@@ -63,8 +64,8 @@ class RandLoRALinear(AdapterLinear):
                 f"RandLoRAConfig.contraction is 'materialized' but target {quantized[0]!r} has a quantised base, "
                 "whose weight cannot take ΔW; use contraction 'auto' or 'tokens'."
             )
-        d_max = max(min(m.in_features, m.out_features) for m in targets.values())
-        D_max = max(max(m.in_features, m.out_features) for m in targets.values())
+        shapes = [features(m) for m in targets.values()]  # (out, in)
+        d_max, D_max = max(min(s) for s in shapes), max(max(s) for s in shapes)
         bank = BasisBank(
             r=config.r, d_max=d_max, D_max=D_max, basis=config.basis, seed=config.seed, n_bases=config.n_bases
         )
@@ -102,7 +103,10 @@ class RandLoRALinear(AdapterLinear):
             return
         if self._window_weight is not None:
             raise ConfigError("an accumulation window is already open on this model; windows do not nest.")
-        weight = self.base.weight
+        if self.quant is not None:
+            raise ConfigError("RandLoRAConfig.accumulate is 'window' but a target has a quantised base, whose weight "
+                              "cannot take ΔW; use accumulate 'micro_batch' over a quantised base.")
+        weight = self.weight_out_in
         dtype = dtype or weight.dtype
         A, B = RandLoRALinear.bases(self, weight.device, dtype)  # dense: the window's two products are dense GEMMs
         self._window_weight = window_weight(weight.to(dtype), A, B, *self._scalings(dtype))
@@ -132,7 +136,6 @@ class RandLoRALinear(AdapterLinear):
         dtype = compute_dtype(x)
         A, B = self.bases(x.device, dtype)
         lam, gam = self._scalings(dtype)
-        weight = self.base.weight.to(dtype)
         bias = None if self.base.bias is None else self.base.bias.to(dtype)
         fn = self.linear_function()
         if self.quant is not None:  # W0 is packed codes: the base's own kernel, then ΔW in token order
@@ -141,6 +144,7 @@ class RandLoRALinear(AdapterLinear):
                 xc = x.to(dtype)
                 xa = self.dropout(xc) if self.dropout is not None and self.training else xc
                 return base_out.to(dtype) + fn(xa, None, None, A, B, lam, gam, 1.0, False)
+        weight = self.weight_out_in.to(dtype)
         with autocast_off(x.device):
             xc = x.to(dtype)
             if self.dropout is not None and self.training:

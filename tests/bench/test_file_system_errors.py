@@ -62,3 +62,15 @@ def test_replace_atomically_removes_its_temporary_file_when_the_write_fails(tmp_
         fileio.replace_atomically(target, lambda tmp: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full")))
     assert list(tmp_path.iterdir()) == []
 
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_files_written_atomically_get_the_mode_the_umask_gives_a_plain_open(tmp_path, umask, mode):
+    previous = os.umask(umask)
+    try:
+        fileio.write_json(tmp_path / "cells" / "abc.json", {"status": "ok"})
+        fileio.write_text(tmp_path / "results.csv", "a,b\n")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "cells" / "abc.json").stat().st_mode & 0o777 == mode
+    assert (tmp_path / "results.csv").stat().st_mode & 0o777 == mode

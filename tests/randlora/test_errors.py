@@ -47,7 +47,7 @@ def test_pattern_matching_nothing_is_an_error_listing_the_linear_names():
 
 def test_non_linear_target_is_an_error():
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
-    with pytest.raises(randlora.ConfigError, match=r"selects '1', a LayerNorm; only nn.Linear modules can be adapted"):
+    with pytest.raises(randlora.ConfigError, match=r"selects '1', a LayerNorm; only linear layers \(nn.Linear or transformers. Conv1D\) can be adapted"):
         randlora.adapt(model, randlora.LoRAConfig(target_modules=["1"]))
 
 
