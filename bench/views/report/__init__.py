@@ -1,7 +1,8 @@
 """`python -m bench report RESULTS... -o report.html`: one self-contained HTML page comparing configurations.
 
 data.py        run folders -> one frame (several machines and GPU types merged), ratios, the Pareto front
-tables.py      the summary, pivots (method × precision against model × batch size), failures, environments
+tables.py      the summary, task arguments, pivots (method × precision against model × batch size), failures,
+               environments
 charts.py      plotly figures: throughput and memory against model size, every cell's accuracy against trainable
                parameters and memory, step-time spread
 accuracy_view.py   accuracy at the rate chosen on validation: the table, charts per task, the front on validation
@@ -101,6 +102,7 @@ def render(runs: data.Runs, title: str, plotly_src: str | None = None) -> str:
         accuracy_summary=tables.accuracy_view(summary) if summary is not None else None,
         accuracy_charts=accuracy_charts,
         accuracy_columns=data.accuracy_columns(frame),
+        tasks=tables.tasks(runs),
         gpus=gpus,
         scaling=scaling.tables(frame),
         failures=tables.failures(runs),

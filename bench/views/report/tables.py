@@ -1,5 +1,6 @@
-"""The report's tables, as plain data for the template (which escapes every string): the summary, the pivots of
-method × precision against model × batch size, the cells that did not finish, and each run's environment."""
+"""The report's tables, as plain data for the template (which escapes every string): the summary, each task's
+arguments, the pivots of method × precision against model × batch size, the cells that did not finish, and each
+run's environment."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from bench.views.report.data import LORA_METHODS, Runs, accuracy_columns, common_batch, model_order, ratio_to
+from bench.views.report.data import (
+    LORA_METHODS, Runs, accuracy_columns, common_batch, model_order, ratio_to, task_arguments,
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -202,6 +205,24 @@ def _spread(mean, std) -> str:
     if _number(mean) is None:
         return "–"
     return f"{100 * mean:.1f} %" + (f" ± {100 * std:.1f}" if _number(std) is not None else "")
+
+
+def tasks(runs: Runs) -> list[dict]:
+    """Per task that takes arguments: its models, its cells, and every argument, those the same in every cell of
+    the task apart from those that differ (which the pivots' variant column names, "delta_rank=4")."""
+    frame, out = runs.frame, []
+    for task, arguments in task_arguments(runs.records).items():
+        rows = frame[frame["task"].astype("string") == task] if "task" in frame else frame.iloc[:0]
+        out.append(
+            {
+                "task": task,
+                "models": ", ".join(model_order(rows)),
+                "cells": len(rows),
+                "same": ", ".join(f"{k}={v[0]}" for k, v in arguments.items() if len(v) == 1),
+                "differ": ", ".join(f"{k} ∈ {{{', '.join(v)}}}" for k, v in arguments.items() if len(v) > 1),
+            }
+        )
+    return out
 
 
 def failures(runs: Runs) -> list[dict]:
