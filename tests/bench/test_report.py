@@ -260,3 +260,25 @@ def test_variants_name_only_the_task_arguments_that_differ_within_a_task_and_the
     }
     page = build([folder.root], tmp_path / "r.html").read_text(encoding="utf-8")
     assert "task_args=" not in page and page.count("eval_samples=512") == 1  # every argument, once
+
+
+def test_a_run_whose_cells_shared_a_gpu_has_no_speed_or_memory_pivot_and_says_so(tmp_path):
+    from .report_runs import GPUS, METHODS, cell_record
+
+    machine, gpu = GPUS["h200"]
+    folders = []
+    for name, cells_per_gpu in (("shared-run", 4), ("lone-run", 1)):
+        folder = RunFolder(tmp_path / name)
+        for seed in range(2):
+            record = cell_record(machine, gpu, model="tiny-llama", method=METHODS["lora"], seed=seed, accuracy=0.5)
+            record.run["cells_per_gpu"] = cells_per_gpu
+            write_json(folder.result_path(record.cell_hash), record)
+        folders.append(folder.root)
+    shared = build(folders[:1], tmp_path / "shared.html").read_text(encoding="utf-8")
+    assert "<h3>tokens/s</h3>" not in shared and "<h3>peak memory</h3>" not in shared
+    assert "<h3>test accuracy</h3>" in shared  # accuracy still compares
+    assert "No tokens/s or peak memory tables for the 2 cells from shared-run" in shared
+    frame = data.load(folders).frame
+    speed, memory, accuracy = (plain for plain, _, _ in tables.pivots(frame))
+    assert {label[2].split()[0] for label, _ in speed.rows} == {"run=lone-run"}  # the lone run's cells only
+    assert {label[2].split()[0] for label, _ in accuracy.rows} == {"run=lone-run", "run=shared-run"}

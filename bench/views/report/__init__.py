@@ -72,6 +72,7 @@ def render(runs: data.Runs, title: str, plotly_src: str | None = None) -> str:
                 "runs": sorted(rows["run"].unique()),
                 "machines": sorted(rows["machine"].dropna().unique()),
                 "pivots": tables.pivots(rows),
+                "shared_note": tables.shared_note(rows),
                 "pivots_raw": bool(rows["variant"].fillna("").ne("").any()),  # a row per run, rate or seed
                 "charts": shown,
                 "raw_charts": raw,

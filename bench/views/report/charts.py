@@ -16,7 +16,7 @@ import plotly.io as pio
 
 from bench.records.record import Record
 from bench.views.report import history
-from bench.views.report.data import model_order
+from bench.views.report.data import model_order, shared_gpu
 from bench.views.report.tables import fmt_bytes, fmt_fraction, fmt_rate
 
 HEIGHT = 420
@@ -199,7 +199,7 @@ def charts_for(
     learning rate and seed apart (RAW_CHARTS), which the page keeps behind a toggle. When every cell of the section
     shared its GPU (--cells-per-gpu), its speed and memory are not a lone cell's: those charts are left out (the
     page says why)."""
-    shared = bool((pd.to_numeric(rows["cells_per_gpu"], errors="coerce").fillna(1) > 1).all())
+    shared = bool(shared_gpu(rows).all())
     builders = {
         "throughput": ("Throughput against model size", lambda t: versus_size(rows, "tokens_per_s", t, "tokens/s", fmt_rate, "highest")),
         "memory": ("Peak memory against model size", lambda t: versus_size(rows, "memory_bytes", t, "peak memory", fmt_bytes, "smallest batch")),

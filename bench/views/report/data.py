@@ -194,6 +194,13 @@ def _variants(frame: pd.DataFrame, records: list[Record]) -> list[str]:
     return variants.tolist()
 
 
+def shared_gpu(rows: pd.DataFrame) -> pd.Series:
+    """True for the rows of a run whose every cell (among `rows`) shared its GPU with others (--cells-per-gpu):
+    their tokens/s and memory are not a lone cell's, so they compare for accuracy only."""
+    sharing = pd.to_numeric(rows["cells_per_gpu"], errors="coerce").fillna(1) > 1
+    return sharing.groupby(rows["run"]).transform("all").astype(bool)
+
+
 def accuracy_columns(frame: pd.DataFrame) -> list[str]:
     """The accuracy columns that hold at least one value, in ACCURACY_COLUMNS order."""
     return [c for c in ACCURACY_COLUMNS if c in frame and pd.to_numeric(frame[c], errors="coerce").notna().any()]
