@@ -113,6 +113,7 @@ def render(runs: data.Runs, title: str, plotly_src: str | None = None) -> str:
         plotly_gz=None if plotly_src else bundle.gzipped_base64(),
         plotly_src=plotly_src,
         sortable_js=_sortable_js(),
+        chart_template=charts.template_json(),
     )
 
 
