@@ -78,10 +78,17 @@ def _series(row: pd.Series) -> str:
     return " · ".join(p for p in (row["config"], row["precision"], row["variant"]) if p)
 
 
+def _unsaid(label: str, variant) -> str:
+    """The parts of a cell's variant that its label does not already say ("lr=0.001 seed=2" -> "seed=2")."""
+    said = set(str(label).split(" "))
+    return " ".join(part for part in str(variant or "").split(" ") if part and part not in said)
+
+
 def _hover(row: pd.Series, value: str) -> str:
+    extra = _unsaid(row["label"], row["variant"])
     return "<br>".join(
         [_e(row["label"]), f"{_e(row['model'])}: {row['total_params']:,} parameters", value]
-        + ([_e(row["variant"])] if row["variant"] else [])
+        + ([_e(extra)] if extra else [])
     )
 
 
@@ -183,16 +190,19 @@ def step_spread(rows: pd.DataFrame, records: list[Record], title: str) -> go.Fig
     for i in ok.sort_values(["_size", "config", "precision", "batch_size", "variant"]).index:
         times = records[i].train.get("step_times_s") or []
         if times:
-            names.append(_e(" · ".join(filter(None, (ok.at[i, "label"], ok.at[i, "variant"])))))  # one row per cell
+            label = ok.at[i, "label"]
+            names.append(_e(" · ".join(filter(None, (label, _unsaid(label, ok.at[i, "variant"]))))))  # a row per cell
             stats.append([round(1e3 * float(v), 4) for v in np.quantile(times, [0, 0.25, 0.5, 0.75, 1])])
     if not stats:
         return None
 
+    rows_at = list(range(len(names) - 1, -1, -1))  # the first cell at the top; the names once, as tick labels
+
     def segments(lo: int, hi: int) -> tuple[list, list]:
         xs, ys = [], []
-        for name, s in zip(names, stats):
+        for y, s in zip(rows_at, stats):
             xs += [s[lo], s[hi], None]
-            ys += [name, name, None]
+            ys += [y, y, None]
         return xs, ys
 
     fig = go.Figure()
@@ -201,10 +211,11 @@ def step_spread(rows: pd.DataFrame, records: list[Record], title: str) -> go.Fig
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line={"width": width, "color": "#636efa"},
                                  hoverinfo="skip", showlegend=False))  # fmt: skip
     hover = [f"{n}<br>median {s[2]} ms, quartiles {s[1]}–{s[3]}, range {s[0]}–{s[4]}" for n, s in zip(names, stats)]
-    fig.add_trace(go.Scatter(x=[s[2] for s in stats], y=names, mode="markers", hovertext=hover, hoverinfo="text",
+    fig.add_trace(go.Scatter(x=[s[2] for s in stats], y=rows_at, mode="markers", hovertext=hover, hoverinfo="text",
                              marker={"symbol": "line-ns-open", "size": 12, "color": "#1d2430"}, showlegend=False))  # fmt: skip
     height = max(HEIGHT, 110 + 24 * len(names))
-    fig.update_yaxes(automargin=True, type="category", categoryorder="array", categoryarray=names[::-1])
+    fig.update_yaxes(automargin=True, tickmode="array", tickvals=rows_at, ticktext=names,
+                     range=[-0.5, len(names) - 0.5], showgrid=False, zeroline=False)  # fmt: skip
     wide = max(s[4] for s in stats) > 10 * min(s[0] for s in stats) > 0  # several model sizes: log keeps them readable
     return _layout(fig, title, "measured step time (ms" + (", log)" if wide else ")"), "", log_x=wide, height=height)
 

@@ -189,7 +189,8 @@ def _variants(frame: pd.DataFrame, records: list[Record]) -> list[str]:
         for i in rows:
             parts = []
             for k in order:
-                parts += _differing_args(records[i], arguments) if k == "task_args" else [f"{k}={fields[i].get(k, '-')}"]
+                is_args = k == "task_args"
+                parts += _differing_args(records[i], arguments) if is_args else [f"{k}={fields[i].get(k, '-')}"]
             variants[i] = " ".join(parts)
     return variants.tolist()
 
