@@ -282,3 +282,12 @@ def test_a_run_whose_cells_shared_a_gpu_has_no_speed_or_memory_pivot_and_says_so
     speed, memory, accuracy = (plain for plain, _, _ in tables.pivots(frame))
     assert {label[2].split()[0] for label, _ in speed.rows} == {"run=lone-run"}  # the lone run's cells only
     assert {label[2].split()[0] for label, _ in accuracy.rows} == {"run=lone-run", "run=shared-run"}
+
+
+def test_page_weight_sizes_each_section_table_and_script_with_its_children_under_it():
+    from bench.tools.page_weight import weigh
+
+    table = '<table id="t"><tr><td>1</td></tr></table>'
+    page = f'<section id="s"><p>x</p>{table}</section>\n<script id="j">{{"a": 1}}</script>'
+    assert weigh(page) == [(1, "table", "t", len(table)), (0, "section", "s", len(page.split("\n")[0])),
+                           (0, "script", "j", len('<script id="j">{"a": 1}</script>'))]  # fmt: skip
