@@ -7,4 +7,5 @@
     prepare_accuracy    what the accuracy tasks need on a machine without their packages (an fp16 MiniLM, the ViT)
     budget              matched trainable budgets: the RandLoRA rank closest to LoRA's count
     slim_run            a finished run folder for committing: its records in one compressed file
+    page_weight         what a report page weighs, section by section, table by table, script by script
 """

@@ -233,3 +233,61 @@ def test_the_verdict_of_an_accuracy_study_uses_the_chosen_rate_and_no_shared_spe
     assert parts["accuracy"].median == pytest.approx(0.9 / 0.6)
     said = verdict.sentence([group])
     assert "reaches ×0.90 the accuracy of full fine-tuning" in said and "accuracy only" in said
+
+
+def test_variants_name_only_the_task_arguments_that_differ_within_a_task_and_the_page_lists_them_all(tmp_path):
+    import hashlib
+
+    from .report_runs import GPUS, METHODS, cell_record
+
+    machine, gpu = GPUS["h200"]
+    folder = RunFolder(tmp_path / "probe-run")
+    layers = ["q_proj", "v_proj"]
+    cases = [("probe", {"delta_rank": rank, "eval_samples": 512, "layers": layers}) for rank in (4, 16, None)]
+    cases.append(("shift", {"cache_dir": ".carry/lm", "eval_limit": None}))
+    for task, args in cases:
+        record = cell_record(machine, gpu, model="tiny-llama", method=METHODS["lora"], accuracy=0.5)
+        record.cell.update(task=task, task_args=args)
+        record.cell_hash = hashlib.sha256(repr((task, args)).encode()).hexdigest()
+        write_json(folder.result_path(record.cell_hash), record)
+    runs = data.load([folder.root])
+    assert sorted(runs.frame["variant"]) == [
+        "task=probe delta_rank=16", "task=probe delta_rank=4", "task=probe delta_rank=null", "task=shift"
+    ]  # fmt: skip
+    assert {t["task"]: (t["same"], t["differ"]) for t in tables.tasks(runs)} == {
+        "probe": ('eval_samples=512, layers=["q_proj", "v_proj"]', "delta_rank ∈ {4, 16, null}"),
+        "shift": ("cache_dir=.carry/lm, eval_limit=null", ""),
+    }
+    page = build([folder.root], tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "task_args=" not in page and page.count("eval_samples=512") == 1  # every argument, once
+
+
+def test_a_run_whose_cells_shared_a_gpu_has_no_speed_or_memory_pivot_and_says_so(tmp_path):
+    from .report_runs import GPUS, METHODS, cell_record
+
+    machine, gpu = GPUS["h200"]
+    folders = []
+    for name, cells_per_gpu in (("shared-run", 4), ("lone-run", 1)):
+        folder = RunFolder(tmp_path / name)
+        for seed in range(2):
+            record = cell_record(machine, gpu, model="tiny-llama", method=METHODS["lora"], seed=seed, accuracy=0.5)
+            record.run["cells_per_gpu"] = cells_per_gpu
+            write_json(folder.result_path(record.cell_hash), record)
+        folders.append(folder.root)
+    shared = build(folders[:1], tmp_path / "shared.html").read_text(encoding="utf-8")
+    assert "<h3>tokens/s</h3>" not in shared and "<h3>peak memory</h3>" not in shared
+    assert "<h3>test accuracy</h3>" in shared  # accuracy still compares
+    assert "No tokens/s or peak memory tables for the 2 cells from shared-run" in shared
+    frame = data.load(folders).frame
+    speed, memory, accuracy = (plain for plain, _, _ in tables.pivots(frame))
+    assert {label[2].split()[0] for label, _ in speed.rows} == {"run=lone-run"}  # the lone run's cells only
+    assert {label[2].split()[0] for label, _ in accuracy.rows} == {"run=lone-run", "run=shared-run"}
+
+
+def test_page_weight_sizes_each_section_table_and_script_with_its_children_under_it():
+    from bench.tools.page_weight import weigh
+
+    table = '<table id="t"><tr><td>1</td></tr></table>'
+    page = f'<section id="s"><p>x</p>{table}</section>\n<script id="j">{{"a": 1}}</script>'
+    assert weigh(page) == [(1, "table", "t", len(table)), (0, "section", "s", len(page.split("\n")[0])),
+                           (0, "script", "j", len('<script id="j">{"a": 1}</script>'))]  # fmt: skip

@@ -1,7 +1,8 @@
 """`python -m bench report RESULTS... -o report.html`: one self-contained HTML page comparing configurations.
 
 data.py        run folders -> one frame (several machines and GPU types merged), ratios, the Pareto front
-tables.py      the summary, pivots (method × precision against model × batch size), failures, environments
+tables.py      the summary, task arguments, pivots (method × precision against model × batch size), failures,
+               environments
 charts.py      plotly figures: throughput and memory against model size, every cell's accuracy against trainable
                parameters and memory, step-time spread
 accuracy_view.py   accuracy at the rate chosen on validation: the table, charts per task, the front on validation
@@ -71,6 +72,7 @@ def render(runs: data.Runs, title: str, plotly_src: str | None = None) -> str:
                 "runs": sorted(rows["run"].unique()),
                 "machines": sorted(rows["machine"].dropna().unique()),
                 "pivots": tables.pivots(rows),
+                "shared_note": tables.shared_note(rows),
                 "pivots_raw": bool(rows["variant"].fillna("").ne("").any()),  # a row per run, rate or seed
                 "charts": shown,
                 "raw_charts": raw,
@@ -101,6 +103,7 @@ def render(runs: data.Runs, title: str, plotly_src: str | None = None) -> str:
         accuracy_summary=tables.accuracy_view(summary) if summary is not None else None,
         accuracy_charts=accuracy_charts,
         accuracy_columns=data.accuracy_columns(frame),
+        tasks=tables.tasks(runs),
         gpus=gpus,
         scaling=scaling.tables(frame),
         failures=tables.failures(runs),
@@ -110,6 +113,7 @@ def render(runs: data.Runs, title: str, plotly_src: str | None = None) -> str:
         plotly_gz=None if plotly_src else bundle.gzipped_base64(),
         plotly_src=plotly_src,
         sortable_js=_sortable_js(),
+        chart_template=charts.template_json(),
     )
 
 

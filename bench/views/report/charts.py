@@ -6,7 +6,9 @@ subset of HTML in its text, so an unescaped '<b>' in a model name would turn int
 
 from __future__ import annotations
 
+import functools
 import html
+import json
 from dataclasses import dataclass
 
 import pandas as pd
@@ -16,10 +18,13 @@ import plotly.io as pio
 
 from bench.records.record import Record
 from bench.views.report import history
-from bench.views.report.data import model_order
+from bench.views.report.data import model_order, shared_gpu
 from bench.views.report.tables import fmt_bytes, fmt_fraction, fmt_rate
 
 HEIGHT = 420
+
+
+PAGE_TEMPLATE = "plotly_white"  # every chart's look: the page carries it once (template_json), not each chart
 
 
 @dataclass(frozen=True)
@@ -33,10 +38,26 @@ def _e(text) -> str:
     return html.escape(str(text), quote=False)
 
 
+def _script_safe(figure: dict) -> str:
+    text = json.dumps(figure, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+@functools.cache
+def _page_template() -> dict:
+    return json.loads(pio.to_json(go.Figure(layout={"template": PAGE_TEMPLATE}), pretty=False))["layout"]["template"]
+
+
+def template_json() -> str:
+    """PAGE_TEMPLATE as the page carries it, once: the page gives it to each chart that has none (6.5 kB a chart)."""
+    return _script_safe(_page_template())
+
+
 def to_chart(chart_id: str, title: str, fig: go.Figure) -> Chart:
-    text = pio.to_json(fig, validate=True, pretty=False)
-    text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-    return Chart(chart_id, title, text)
+    figure = json.loads(pio.to_json(fig, validate=True, pretty=False))
+    if figure["layout"].get("template") == _page_template():
+        del figure["layout"]["template"]
+    return Chart(chart_id, title, _script_safe(figure))
 
 
 def _layout(fig: go.Figure, title: str, x: str, y: str, log_x: bool = True, height: int = HEIGHT) -> go.Figure:
@@ -57,10 +78,17 @@ def _series(row: pd.Series) -> str:
     return " · ".join(p for p in (row["config"], row["precision"], row["variant"]) if p)
 
 
+def _unsaid(label: str, variant) -> str:
+    """The parts of a cell's variant that its label does not already say ("lr=0.001 seed=2" -> "seed=2")."""
+    said = set(str(label).split(" "))
+    return " ".join(part for part in str(variant or "").split(" ") if part and part not in said)
+
+
 def _hover(row: pd.Series, value: str) -> str:
+    extra = _unsaid(row["label"], row["variant"])
     return "<br>".join(
         [_e(row["label"]), f"{_e(row['model'])}: {row['total_params']:,} parameters", value]
-        + ([_e(row["variant"])] if row["variant"] else [])
+        + ([_e(extra)] if extra else [])
     )
 
 
@@ -162,16 +190,19 @@ def step_spread(rows: pd.DataFrame, records: list[Record], title: str) -> go.Fig
     for i in ok.sort_values(["_size", "config", "precision", "batch_size", "variant"]).index:
         times = records[i].train.get("step_times_s") or []
         if times:
-            names.append(_e(" · ".join(filter(None, (ok.at[i, "label"], ok.at[i, "variant"])))))  # one row per cell
+            label = ok.at[i, "label"]
+            names.append(_e(" · ".join(filter(None, (label, _unsaid(label, ok.at[i, "variant"]))))))  # a row per cell
             stats.append([round(1e3 * float(v), 4) for v in np.quantile(times, [0, 0.25, 0.5, 0.75, 1])])
     if not stats:
         return None
 
+    rows_at = list(range(len(names) - 1, -1, -1))  # the first cell at the top; the names once, as tick labels
+
     def segments(lo: int, hi: int) -> tuple[list, list]:
         xs, ys = [], []
-        for name, s in zip(names, stats):
+        for y, s in zip(rows_at, stats):
             xs += [s[lo], s[hi], None]
-            ys += [name, name, None]
+            ys += [y, y, None]
         return xs, ys
 
     fig = go.Figure()
@@ -180,10 +211,11 @@ def step_spread(rows: pd.DataFrame, records: list[Record], title: str) -> go.Fig
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line={"width": width, "color": "#636efa"},
                                  hoverinfo="skip", showlegend=False))  # fmt: skip
     hover = [f"{n}<br>median {s[2]} ms, quartiles {s[1]}–{s[3]}, range {s[0]}–{s[4]}" for n, s in zip(names, stats)]
-    fig.add_trace(go.Scatter(x=[s[2] for s in stats], y=names, mode="markers", hovertext=hover, hoverinfo="text",
+    fig.add_trace(go.Scatter(x=[s[2] for s in stats], y=rows_at, mode="markers", hovertext=hover, hoverinfo="text",
                              marker={"symbol": "line-ns-open", "size": 12, "color": "#1d2430"}, showlegend=False))  # fmt: skip
     height = max(HEIGHT, 110 + 24 * len(names))
-    fig.update_yaxes(automargin=True, type="category", categoryorder="array", categoryarray=names[::-1])
+    fig.update_yaxes(automargin=True, tickmode="array", tickvals=rows_at, ticktext=names,
+                     range=[-0.5, len(names) - 0.5], showgrid=False, zeroline=False)  # fmt: skip
     wide = max(s[4] for s in stats) > 10 * min(s[0] for s in stats) > 0  # several model sizes: log keeps them readable
     return _layout(fig, title, "measured step time (ms" + (", log)" if wide else ")"), "", log_x=wide, height=height)
 
@@ -199,7 +231,7 @@ def charts_for(
     learning rate and seed apart (RAW_CHARTS), which the page keeps behind a toggle. When every cell of the section
     shared its GPU (--cells-per-gpu), its speed and memory are not a lone cell's: those charts are left out (the
     page says why)."""
-    shared = bool((pd.to_numeric(rows["cells_per_gpu"], errors="coerce").fillna(1) > 1).all())
+    shared = bool(shared_gpu(rows).all())
     builders = {
         "throughput": ("Throughput against model size", lambda t: versus_size(rows, "tokens_per_s", t, "tokens/s", fmt_rate, "highest")),
         "memory": ("Peak memory against model size", lambda t: versus_size(rows, "memory_bytes", t, "peak memory", fmt_bytes, "smallest batch")),

@@ -8,7 +8,8 @@ Derived columns, beside bench/records/table.py's COLUMNS and the task metrics:
                   method parameter that differs between otherwise equal labels ("alpha=320")
     variant       'field=value' for what tells apart cells that would otherwise share a pivot's cell: the run when
                   several runs hold them, and the fields that differ within one run (seed, lr, ...); such rows are
-                  kept apart, never averaged
+                  kept apart, never averaged. Of `task_args`, only the arguments that differ between the cells of
+                  one task ("task=full-rank-probe delta_rank=4"); every argument is in task_arguments, once per task
     memory_bytes  peak_allocated_bytes on a GPU; on a CPU (no allocator peaks) records.counted_bytes: parameters +
                   gradients + optimizer state + tensors saved for backward
 """
@@ -103,22 +104,75 @@ def _configs(records: list[Record]) -> list[str]:
     return configs
 
 
-def _cell_fields(record: Record) -> dict[str, str]:
-    """The record's cell fields outside SHOWN as text, defaults filled in (records written before a field existed
-    read as its default, so they do not differ from newer ones)."""
+def _cell(record: Record) -> dict:
+    """The record's cell, defaults filled in (records written before a field existed read as its default, so they
+    do not differ from newer ones)."""
     try:
-        cell = Cell.from_dict(record.cell).to_dict()
+        return Cell.from_dict(record.cell).to_dict()
     except (TypeError, KeyError, ValueError):  # a record from another version of the harness: take it as written
-        cell = dict(record.cell)
+        return dict(record.cell)
+
+
+def _text(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+def _cell_fields(record: Record) -> dict[str, str]:
+    """The record's cell fields outside SHOWN as text."""
+    cell = _cell(record)
     if not cell.get("targets"):  # full fine-tuning has none: not a difference between configurations
         cell.pop("targets", None)
-    return {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in cell.items() if k not in SHOWN}
+    return {k: _text(v) for k, v in cell.items() if k not in SHOWN}
+
+
+def _task_args(cell: dict) -> dict[str, str]:
+    args = cell.get("task_args") or {}
+    return {k: _text(v) for k, v in args.items()} if isinstance(args, dict) else {"task_args": _text(args)}
+
+
+def task_arguments(records: list[Record]) -> dict[str, dict[str, list[str]]]:
+    """Per task (by name) that takes arguments: each argument with the values its cells gave it, as text, numbers by
+    value first ("-": a cell without it). One value: the same in every cell of the task."""
+    found: dict[str, list[dict[str, str]]] = {}
+    for record in records:
+        cell = _cell(record)
+        found.setdefault(str(cell.get("task")), []).append(_task_args(cell))
+    out = {}
+    for task, cells in sorted(found.items()):
+        keys = sorted({k for args in cells for k in args})
+        if keys:
+            out[task] = {k: sorted({args.get(k, "-") for args in cells}, key=_number_first) for k in keys}
+    return out
+
+
+def _number_first(text: str) -> tuple:
+    """Numbers by value, then the rest as text: 4, 16, 256, null."""
+    try:
+        return (0, float(text), "")
+    except ValueError:
+        return (1, 0.0, text)
+
+
+def _differing_args(record: Record, arguments: dict[str, dict[str, list[str]]]) -> list[str]:
+    """'name=value' for the record's task arguments that differ between the cells of its task (a task argument
+    named like a cell field is written task_args.NAME)."""
+    cell = _cell(record)
+    args = _task_args(cell)
+    values = arguments.get(str(cell.get("task")), {})
+    return [
+        f"{'task_args.' * (k in Cell.__dataclass_fields__)}{k}={args.get(k, '-')}"
+        for k, found in values.items()
+        if len(found) > 1
+    ]
 
 
 def _variants(frame: pd.DataFrame, records: list[Record]) -> list[str]:
     """Per row, 'field=value' for what tells apart cells that would otherwise share a pivot's cell (same GPU type,
     configuration, precision, model, batch size and sequence length): the run, when several runs hold such cells,
-    and the cell fields that differ between such cells of one run (a seed, a learning rate)."""
+    and the cell fields that differ between such cells of one run (a seed, a learning rate). Task arguments that
+    differ are written as the task and those of its arguments that differ between its cells: the rest is the same
+    in every cell of that task (task_arguments)."""
+    arguments = task_arguments(records)
     fields = {i: {"run": frame.at[i, "run"], **_cell_fields(records[i])} for i in frame.index}
     variants = pd.Series("", index=frame.index, dtype=object)
     for rows in frame.groupby("gpu_type").groups.values():
@@ -129,10 +183,23 @@ def _variants(frame: pd.DataFrame, records: list[Record]) -> list[str]:
             for one_run in frame.loc[same].groupby("run").groups.values():
                 keys = {k for i in one_run for k in fields[i]}
                 needed |= {k for k in keys if len({fields[i].get(k) for i in one_run}) > 1}
+        if "task_args" in needed:
+            needed.add("task")  # which task's arguments
         order = ["run"] * ("run" in needed) + sorted(needed - {"run"})
         for i in rows:
-            variants[i] = " ".join(f"{k}={fields[i].get(k, '-')}" for k in order)
+            parts = []
+            for k in order:
+                is_args = k == "task_args"
+                parts += _differing_args(records[i], arguments) if is_args else [f"{k}={fields[i].get(k, '-')}"]
+            variants[i] = " ".join(parts)
     return variants.tolist()
+
+
+def shared_gpu(rows: pd.DataFrame) -> pd.Series:
+    """True for the rows of a run whose every cell (among `rows`) shared its GPU with others (--cells-per-gpu):
+    their tokens/s and memory are not a lone cell's, so they compare for accuracy only."""
+    sharing = pd.to_numeric(rows["cells_per_gpu"], errors="coerce").fillna(1) > 1
+    return sharing.groupby(rows["run"]).transform("all").astype(bool)
 
 
 def accuracy_columns(frame: pd.DataFrame) -> list[str]:

@@ -1,5 +1,6 @@
-"""The report's tables, as plain data for the template (which escapes every string): the summary, the pivots of
-method × precision against model × batch size, the cells that did not finish, and each run's environment."""
+"""The report's tables, as plain data for the template (which escapes every string): the summary, each task's
+arguments, the pivots of method × precision against model × batch size, the cells that did not finish, and each
+run's environment."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from bench.views.report.data import LORA_METHODS, Runs, accuracy_columns, common_batch, model_order, ratio_to
+from bench.views.report.data import (
+    LORA_METHODS, Runs, accuracy_columns, common_batch, model_order, ratio_to, shared_gpu, task_arguments,
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -115,18 +118,41 @@ class _Layout:
         return table
 
 
+SPEED_COLUMNS = ("tokens_per_s", "memory_bytes")  # not a lone cell's when cells shared a GPU
+
+
 def pivots(rows: pd.DataFrame) -> list[tuple[Pivot, Pivot | None, Pivot | None]]:
-    """For each metric of one GPU type: its pivot, and the same as a ratio to LoRA and to full fine-tuning."""
-    layout, out = _Layout.of(rows), []
+    """For each metric of one GPU type: its pivot, and the same as a ratio to LoRA and to full fine-tuning. The
+    tokens/s and memory pivots leave out the runs whose every cell shared its GPU (shared_note says so)."""
+    alone = rows[~shared_gpu(rows)]
+    layouts = {False: _Layout.of(rows), True: _Layout.of(alone) if len(alone) else None}
+    out = []
     for metric in metrics(rows):
-        tables = [layout.pivot(rows, metric.title, "", rows[metric.column], metric.fmt)]
+        speed = metric.column in SPEED_COLUMNS
+        layout, cells = layouts[speed], alone if speed else rows
+        if layout is None:
+            continue
+        tables = [layout.pivot(cells, metric.title, "", cells[metric.column], metric.fmt)]
         for label, methods in (("LoRA", LORA_METHODS), ("full fine-tuning", ("full",))):
-            ratio, method = ratio_to(rows, metric.column, methods)
+            ratio, method = ratio_to(cells, metric.column, methods)
             note = f"{metric.title} over that of {method} with the same model, precision, batch size and settings"
             title = f"{metric.title}, ratio to {label}"
-            tables.append(None if method is None else layout.pivot(rows, title, note, ratio, fmt_ratio))
+            tables.append(None if method is None else layout.pivot(cells, title, note, ratio, fmt_ratio))
         out.append(tuple(tables))
     return out
+
+
+def shared_note(rows: pd.DataFrame) -> str | None:
+    """One line naming the cells that pivots() leaves out of the tokens/s and memory tables, None when none."""
+    shared = rows[shared_gpu(rows)]
+    if shared.empty:
+        return None
+    most = int(pd.to_numeric(shared["cells_per_gpu"], errors="coerce").max())
+    runs = ", ".join(sorted(shared["run"].unique()))
+    return (
+        f"No tokens/s or peak memory tables for the {len(shared)} cells from {runs}: each shared its GPU with up to "
+        f"{most - 1} others (--cells-per-gpu {most}), so its speed and memory are not a lone cell's."
+    )
 
 
 # (goal, column, pick, format): what "best" means in the summary.
@@ -202,6 +228,24 @@ def _spread(mean, std) -> str:
     if _number(mean) is None:
         return "–"
     return f"{100 * mean:.1f} %" + (f" ± {100 * std:.1f}" if _number(std) is not None else "")
+
+
+def tasks(runs: Runs) -> list[dict]:
+    """Per task that takes arguments: its models, its cells, and every argument, those the same in every cell of
+    the task apart from those that differ (which the pivots' variant column names, "delta_rank=4")."""
+    frame, out = runs.frame, []
+    for task, arguments in task_arguments(runs.records).items():
+        rows = frame[frame["task"].astype("string") == task] if "task" in frame else frame.iloc[:0]
+        out.append(
+            {
+                "task": task,
+                "models": ", ".join(model_order(rows)),
+                "cells": len(rows),
+                "same": ", ".join(f"{k}={v[0]}" for k, v in arguments.items() if len(v) == 1),
+                "differ": ", ".join(f"{k} ∈ {{{', '.join(v)}}}" for k, v in arguments.items() if len(v) > 1),
+            }
+        )
+    return out
 
 
 def failures(runs: Runs) -> list[dict]:
