@@ -132,7 +132,7 @@ def _rank_lines(ok: pd.DataFrame, lora: pd.DataFrame) -> list[str]:
     return lines
 
 
-def _differing(column: pd.Series) -> dict[str, str]:
+def differing_args(column: pd.Series) -> dict[str, str]:
     """{task_args as text: "name=value ..." of only the arguments that differ between the column's values}."""
     import json
 
@@ -152,7 +152,7 @@ def verdicts(summary: pd.DataFrame) -> list[str]:
     lines = []
     for (task, _), rows in summary.groupby(["task", "model"], sort=False):
         if "task_args" in rows.columns and rows["task_args"].astype(str).nunique() > 1:
-            names = _differing(rows["task_args"])
+            names = differing_args(rows["task_args"])
             for args, group in rows.groupby(rows["task_args"].astype(str), sort=False):
                 lines += task_verdict(group.reset_index(drop=True), names.get(args, args))
         else:

@@ -140,3 +140,19 @@ def test_a_hostile_label_reaches_the_timeline_as_text():
     figure = history.charts("NVIDIA H200", frame)[0][2]
     assert all(hostile not in t.name and hostile not in "".join(t.hovertext) for t in figure.data)
     assert "&lt;img" in figure.data[0].name
+
+
+def test_a_probe_panel_draws_the_p_over_n_line_and_each_target_rank_its_own_panel():
+    frame = accuracy_cells(
+        [("full-rank-probe", method, r, 100 * r, 1e-3, 0, 0.1 * r, 0.1 * r) for method in ("lora", "randlora")
+         for r in (1, 2)]
+    )
+    frame = pd.concat([frame.assign(task_args='{"delta_rank": 4}'), frame.assign(task_args='{"delta_rank": 64}')])
+    frame["val_output_recovered"], frame["test_output_recovered"] = frame["val_accuracy"], frame["test_accuracy"]
+    frame["p_over_n"] = frame["trainable_params"] / 1000
+    summary = accuracy_view.selected(frame)
+    _, _, figure = accuracy_view.charts(summary)[0]
+    assert [a.text for a in figure.layout.annotations] == ["full-rank-probe · m · delta_rank=4",
+                                                           "full-rank-probe · m · delta_rank=64"]
+    lines = [t for t in figure.data if t.name and t.name.startswith("p/N")]
+    assert len(lines) == 2 and list(lines[0].y) == [0.1, 0.2]  # p/N = trainable / 1000 at 100 and 200

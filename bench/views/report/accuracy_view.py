@@ -20,6 +20,7 @@ from plotly.subplots import make_subplots
 
 from bench.spec.cells import MethodSpec
 from bench.views.report.data import accuracy_summary, pareto_front
+from bench.views.verdict import differing_args
 
 # One colour per method family, stable across the charts of a page (plotly's default qualitative palette).
 PALETTE = ("#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692", "#b6e880", "#ff97ff")
@@ -101,10 +102,15 @@ def versus(summary: pd.DataFrame, x: str, x_title: str, title: str) -> go.Figure
     rows = rows.dropna(subset=["_x"])
     if rows.empty:
         return None
-    panels = list(rows.groupby(["task", "model"], sort=True))
+    rows["_args"] = rows["task_args"].map(lambda v: "" if pd.isna(v) else str(v)) if "task_args" in rows else ""
+    panels = list(rows.groupby(["task", "model", "_args"], sort=True))
     cols = min(2, len(panels))
     nrows = math.ceil(len(panels) / cols)
-    names = [f"{_e(task)} · {_e(model)}" for (task, model), _ in panels]
+    shown_args = {}
+    for task, group in rows.groupby("task"):
+        shown_args.update(differing_args(group["_args"]) if group["_args"].nunique() > 1 else {})
+    names = [f"{_e(task)} · {_e(model)}" + (f" · {_e(shown_args[args])}" if shown_args.get(args) else "")
+             for (task, model, args), _ in panels]
     fig = make_subplots(rows=nrows, cols=cols, subplot_titles=names, horizontal_spacing=0.08, vertical_spacing=0.12)
     colours = {f: PALETTE[i % len(PALETTE)] for i, f in enumerate(sorted(summary["family"].unique()))}
     shown: set[str] = set()
@@ -127,6 +133,22 @@ def versus(summary: pd.DataFrame, x: str, x_title: str, title: str) -> go.Figure
                 **where,
             )
             shown.add(fam)
+        if x == "trainable_params" and "p_over_n_mean" in points and points["p_over_n_mean"].notna().any():
+            line = points.dropna(subset=["p_over_n_mean"]).groupby("_x")["p_over_n_mean"].mean().sort_index()
+            fig.add_trace(
+                go.Scatter(
+                    x=line.index.tolist(),
+                    y=line.clip(upper=1.0).tolist(),
+                    mode="lines",
+                    line={"dash": "dash", "color": "#999"},
+                    name="p/N (what p numbers recover of a change with no structure)",
+                    legendgroup="p/N",
+                    showlegend="p/N" not in shown,
+                    hoverinfo="skip",
+                ),
+                **where,
+            )
+            shown.add("p/N")
         front = points[points["pareto_val"]].sort_values("_x")
         if x == "trainable_params" and len(front):
             fig.add_trace(
