@@ -13,7 +13,7 @@ import pytest
 
 from bench import cli
 from bench.core.errors import BenchError
-from bench.spec import modelcheck
+from bench.spec import modelcheck, presets
 
 from .conftest import one_cell
 
@@ -150,3 +150,10 @@ def test_a_config_that_cannot_be_read_is_asked_for_once(monkeypatch, tmp_path):
     with pytest.raises(BenchError, match=r"^grid.yaml: model 'hf:someone/unreachable-h14' has no readable"):
         modelcheck.check([cell], "grid.yaml")
     assert calls == ["someone/unreachable-h14"]
+
+
+@pytest.mark.parametrize("name", sorted(presets.PRESETS))
+def test_every_preset_s_default_modules_select_modules_of_its_model(name):
+    """Grid load skips the meta build for a preset at its defaults; this is what makes that safe."""
+    targets, trainable = presets.default_modules(name)
+    modelcheck.check_cell_modules(name, False, tuple(targets), tuple(trainable))  # raises if one selects nothing
