@@ -348,8 +348,7 @@ def _measure(cell: Cell, options: Options, out: dict) -> None:
 
         with timing.wall_clock(device, train, "first_step_s"):
             first_loss = setup.step(0)
-        rule = warmup.FIXED if task.evaluate is not None else warmup.SETTLE
-        losses = _warm_up(setup, device, rule, cell.warmup_steps, train, first_loss)
+        losses = _warm_up(setup, device, warmup.FIXED, cell.warmup_steps, train, first_loss)
         _check_finite(losses, "warm-up")
 
         peaks.reset()
@@ -363,6 +362,11 @@ def _measure(cell: Cell, options: Options, out: dict) -> None:
         step_times = timer.times_s()
         if setup.ranks is not None:
             step_times = distributed.slowest(step_times, device)
+        if task.evaluate is None:  # warm-up that leaked into the measured steps leaves the statistics
+            late = warmup.settled_start(step_times)
+            train["warmup_steps_run"] += late
+            train["warmup_step_times_s"] = list(train["warmup_step_times_s"]) + step_times[:late]
+            step_times = step_times[late:]
         train["recompiles_measured"] = _compiled_graphs() - graphs_before
         _check_finite(losses, "measured")
         mem.update(peaks.read())

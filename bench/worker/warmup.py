@@ -2,12 +2,11 @@
 
 On a CPU the first measured steps of a fixed warm-up still carried it (1.02, 0.88, 0.15, 0.04 s per step: the
 allocator and oneDNN's kernel caches fill over several steps), so the median and the spread reported warm-up.
-After the configured steps, warm-up goes on until the last `window` step times lie within `rtol` of their median,
-capped at `max_extra_steps` more steps and `max_extra_s` more seconds, so a step time that never settles (a busy
-machine) costs a bounded wait. How many steps were taken is recorded (`warmup_steps_run`).
-
-A cell that scores a task after training (task.evaluate) keeps its exact step count: its accuracy must not
-depend on how noisy the machine's clock was.
+The harness takes exactly the configured warm-up steps (so a cell trains the same steps, and reaches the same loss,
+whatever the clock did), then `settled_start` drops from the statistics the leading measured steps that were still
+slower than the rest: they are counted as warm-up (`warmup_steps_run`, their times in `warmup_step_times_s`) and
+left out of the median and the throughput. Accuracy cells keep every step. `SettleRule.another_step` is the rule for
+a caller that may take extra steps (a benchmark of a function with no state).
 """
 
 from __future__ import annotations
@@ -43,3 +42,13 @@ class SettleRule:
 
 FIXED = SettleRule(max_extra_steps=0)  # exactly the grid's warmup_steps
 SETTLE = SettleRule()
+
+
+def settled_start(times_s: list[float], rule: SettleRule = SETTLE) -> int:
+    """How many leading measured steps are warm-up that leaked into the measurement: each leading step slower than
+    (1 + rtol) × the median of the steps after it is dropped from the statistics, at most half of them. The cell
+    itself is untouched (no extra step is taken, so a cell trains the same whatever the machine's clock did)."""
+    start = 0
+    while start < len(times_s) // 2 and times_s[start] > (1 + rule.rtol) * statistics.median(times_s[start + 1 :]):
+        start += 1
+    return start

@@ -56,7 +56,7 @@ def test_a_heavier_variant_fails_the_gate_on_its_cells_only(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_the_unchanged_code_passes_ten_runs_in_a_row(tmp_path, capsys):
+def test_the_unchanged_code_passes_six_runs_in_a_row(tmp_path, capsys):
     text = (REPO / "bench" / "grids" / f"{check.CI_GRID}.yaml").read_text()
     grid = yaml.safe_load(text)
     grid["axes"]["method"] = [
@@ -64,7 +64,7 @@ def test_the_unchanged_code_passes_ten_runs_in_a_row(tmp_path, capsys):
     ]
     path = tmp_path / "ci-memory-eager.yaml"
     path.write_text(yaml.safe_dump(grid))
-    runs = [tmp_path / f"run{i}" for i in range(10)]
+    runs = [tmp_path / f"run{i}" for i in range(6)]  # three pairs: enough to catch a flaky byte count, in CI's time
     for pair in (runs[i : i + 2] for i in range(0, len(runs), 2)):  # two at a time: CI has two cores
         for process in [measure(str(path), run) for run in pair]:
             finished(process)

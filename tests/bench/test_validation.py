@@ -13,7 +13,7 @@ from bench.core.errors import BenchError
 from bench.core.yamlfile import Source
 
 PRECISIONS = "'fp32', 'tf32', 'bf16', 'fp16-amp', 'bf16-amp'"
-METHODS = "'full', 'lora', 'randlora', 'peft-lora', 'peft-randlora', 'peft-vera'"
+METHODS = "'full', 'lora', 'randlora', 'peft-lora', 'peft-lora-liger', 'peft-randlora', 'peft-vera'"
 TOP_LEVEL = "name, description, defaults, axes, include, exclude, slurm"
 
 # (grid text, the exact message)
@@ -108,7 +108,7 @@ EXACT = {
     "exclude method": (
         "axes: {method: [full]}\nexclude:\n  - {method: qlora}\n",
         "grid.yaml, line 3: exclude[0].method is 'qlora'; write a method name (full, lora, randlora, "
-        "peft-lora, peft-randlora, peft-vera) or a mapping with 'name'.",
+        "peft-lora, peft-lora-liger, peft-randlora, peft-vera) or a mapping with 'name'.",
     ),
     "include not a list": (
         "include: {method: full}\n",

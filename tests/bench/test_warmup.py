@@ -76,3 +76,12 @@ def test_the_warm_up_loop_steps_with_consecutive_indices_up_to_the_rule_cap():
     losses = _warm_up(_fake_setup(0.5, calls), torch.device("cpu"), never, 3, train, torch.tensor(0.5))
     assert calls == [1, 2, 3, 4] and len(losses) == 5
     assert train["warmup_steps_run"] == 5 and train["warmup_step_times_s"][0] == 1.0
+
+
+def test_leading_measured_steps_still_warming_up_leave_the_statistics():
+    from bench.worker.warmup import settled_start
+
+    assert settled_start([1.02, 0.88, 0.15, 0.04, 0.04, 0.041, 0.039, 0.04]) == 3  # the sequence
+    assert settled_start([0.04, 0.041, 0.039, 0.04]) == 0  # settled from the start
+    assert settled_start([9.0, 8.0, 7.0, 0.1]) == 2  # never more than half
+    assert settled_start([0.04, 0.2, 0.04, 0.04]) == 0  # one odd step later on is the measurement's own
