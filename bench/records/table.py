@@ -87,7 +87,7 @@ COLUMNS: tuple[Column, ...] = (
     _c("measured_time_s", "float64", "train.measured_time_s", "Σ measured step time"),
     _c("first_step_s", "float64", "train.first_step_s", "wall clock of the first step (compilation included)"),
     _c("warmup_steps_run", "Int64", "train.warmup_steps_run",
-       "untimed steps taken: warmup_steps, then more until the step time settled (bench/worker/warmup.py)"),
+       "steps counted as warm-up: warmup_steps, plus leading measured steps still slower than the rest (bench/worker/warmup.py)"),
     _c(
         "recompiles_measured",
         "Int64",

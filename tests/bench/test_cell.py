@@ -24,9 +24,10 @@ def randlora_ok() -> dict:
 def test_an_ok_cell_reports_throughput_from_its_own_step_times(randlora_ok):
     assert randlora_ok["status"] == "ok" and randlora_ok["traceback"] is None
     train = randlora_ok["train"]
-    assert len(train["step_times_s"]) == 4 and train["tokens_per_step"] == 2 * 16
-    assert train["tokens_per_s"] == pytest.approx(32 * 4 / sum(train["step_times_s"]))
-    assert train["samples_per_s"] == pytest.approx(2 * 4 / sum(train["step_times_s"]))
+    kept = len(train["step_times_s"])  # leading steps still warming up leave the statistics (at most half)
+    assert 2 <= kept <= 4 and kept + train["warmup_steps_run"] == 4 + 1 and train["tokens_per_step"] == 2 * 16
+    assert train["tokens_per_s"] == pytest.approx(32 * len(train["step_times_s"]) / sum(train["step_times_s"]))
+    assert train["samples_per_s"] == pytest.approx(2 * len(train["step_times_s"]) / sum(train["step_times_s"]))
     assert train["step_time_p10_s"] <= train["step_time_median_s"] <= train["step_time_p90_s"]
     assert train["first_step_s"] > 0 and train["recompiles_measured"] == 0
 
@@ -264,7 +265,7 @@ def test_micro_batches_count_every_token_and_stay_out_of_the_hash_at_one():
     assert result["status"] == "ok", result["traceback"]
     train = result["train"]
     assert train["tokens_per_step"] == 2 * 2 * 16
-    assert train["tokens_per_s"] == pytest.approx(64 * 2 / sum(train["step_times_s"]))
+    assert train["tokens_per_s"] == pytest.approx(64 * len(train["step_times_s"]) / sum(train["step_times_s"]))
     assert "micro_batches" not in one_cell().identity() and "accumulate" not in one_cell().identity()["method"]
     assert one_cell(micro_batches=2).identity()["micro_batches"] == 2
     assert "b2x16x2mb" in one_cell(micro_batches=2).label().split()

@@ -2,7 +2,7 @@
 
 Each run is one fresh process measuring every cell (tests/bench/gate_runs.py), then `bench check` against
 bench/baselines/cpu.json. The deliberately heavier variant must fail the gate; the unchanged code must pass it
-ten runs in a row at zero tolerance, which shows that the CPU measure is exactly reproducible across processes. The ten runs leave
+six runs in a row at zero tolerance, which shows that the CPU measure is exactly reproducible across processes. The six runs leave
 out the torch.compile cell (half a minute of compilation each); the heavier-variant run and CI's own gate
 (`python -m bench check` in .ci/run, one process per cell) include it.
 """
