@@ -13,6 +13,7 @@ from pathlib import Path
 from bench.core.fileio import replace_atomically
 from bench.records.folder import RunFolder
 from bench.records.record import Record
+from bench.spec.cells import HASHED_IF_SET
 
 
 @dataclass(frozen=True)
@@ -177,8 +178,6 @@ def _fitted(value, dtype: str):
 def _later_default(value, path: tuple[str, ...]):
     """A cell field added after older records were written reads as its default in them (e.g. `quant` is "none"
     in a record from before the field), so that old and new cells of one configuration group together."""
-    from bench.spec.cells import HASHED_IF_SET
-
     if value is None and len(path) == 2 and path[0] == "cell" and isinstance(HASHED_IF_SET.get(path[1]), (str, int, float)):
         return HASHED_IF_SET[path[1]]
     return value

@@ -243,15 +243,6 @@ def _update_rank(cell: Cell, model: nn.Module, shapes: list[tuple[int, int]]) ->
     return max((randlora.update_rank(config, out, inp) for out, inp in shapes), default=0)
 
 
-def _matmul_size(module) -> int:
-    """in × out of a linear layer: from its declared features (a quantised weight is packed), else its weight's
-    (out, in) view (Conv1D declares neither)."""
-    if hasattr(module, "in_features") and hasattr(module, "out_features"):
-        return module.in_features * module.out_features
-    out_features, in_features = features(module)
-    return out_features * in_features
-
-
 def _build(cell: Cell, device: torch.device, precision: Precision, task, ranks) -> tuple:
     """(model, ModelInfo, MetaModel or None): a task's own model or a preset / hf: model on `device`; for a cell of
     several ranks, a preset / hf: model on the meta device, which `_distribute` materialises shard by shard."""
@@ -298,7 +289,7 @@ def _set_up(cell: Cell, device: torch.device, precision: Precision, task, train:
     model = method.adapt(model, kwargs, targets, trainable)
     model.train()
     train["update_rank"] = _update_rank(cell, model, shapes)
-    matmul_params = sum(_matmul_size(m) for m in base_linears)  # a packed weight's numel is not
+    matmul_params = sum(math.prod(features(m)) for m in base_linears)  # declared sizes: a packed weight's numel is not
     trains_base = any(m.weight.requires_grad for m in base_linears)
     train["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     train["total_params"] = sum(p.numel() for p in model.parameters())

@@ -44,9 +44,15 @@ ARGS = {
 
 def resolve(values: dict) -> dict:
     values["task_args"] = resolve_args(NAME, ARGS, values["task_args"])
-    one_gpu(NAME, values)
+    return on_the_base(NAME, values)
+
+
+def on_the_base(task: str, values: dict) -> dict:
+    """The checks and defaults of a task on the byte Llama (this one, update_probe.py): one GPU, a seq_len within
+    the base's pretraining context, every projection targeted, nothing trained in full."""
+    one_gpu(task, values)
     if not 2 <= values["seq_len"] <= lm_base.CONTEXT:
-        raise ValueError(f"seq_len of task {NAME!r} is {values['seq_len']}; it must be in [2, {lm_base.CONTEXT}], "
+        raise ValueError(f"seq_len of task {task!r} is {values['seq_len']}; it must be in [2, {lm_base.CONTEXT}], "
                          "the base's pretraining context.")
     if values["targets"] is None:
         values["targets"] = TARGETS
@@ -58,7 +64,7 @@ def resolve(values: dict) -> dict:
 def build_model(cell, device, dtype):
     import torch
 
-    from bench.spec.presets import ModelInfo
+    from bench.spec.presets import model_info
 
     args = cell.task_kwargs
     folder = lm_base.ensure_pretrained(args["cache_dir"], args["base"], args["pretrain_seed"], args["pretrain_steps"],
@@ -79,10 +85,7 @@ def build_model(cell, device, dtype):
         "eval_limit": args["eval_limit"],
         "train_tokens": len(reviews.train),
     }
-    config = model.config
-    info = ModelInfo(inputs="tokens", head="causal-lm", vocab_size=config.vocab_size, num_labels=None,
-                     image_size=None, num_channels=None, num_layers=config.num_hidden_layers,
-                     hidden_size=config.hidden_size)  # fmt: skip
+    info = model_info(model.config, "causal-lm", "tokens")
     return model, classify.with_data(info, {"streams": streams, "seq_len": cell.seq_len, "metadata": metadata})
 
 

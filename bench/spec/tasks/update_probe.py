@@ -23,7 +23,7 @@ target_test_accuracy (the fine-tuned model's next-byte accuracy) and the base's 
 from __future__ import annotations
 
 from bench.spec.tasks import corpus, lm_base, lm_shift, lm_update, probe
-from bench.spec.tasks.args import Arg, integer, number, one_gpu, optional, patterns, resolve_args
+from bench.spec.tasks.args import Arg, integer, number, optional, patterns, resolve_args
 from bench.spec.tasks.base import Task, register
 from bench.spec.tasks.classify import with_data
 
@@ -45,16 +45,9 @@ ARGS = {
 
 def resolve(values: dict) -> dict:
     values["task_args"] = args = resolve_args(NAME, ARGS, values["task_args"])
-    one_gpu(NAME, values)
-    if not 2 <= values["seq_len"] <= lm_base.CONTEXT:
-        raise ValueError(f"seq_len of task {NAME!r} is {values['seq_len']}; it must be in [2, {lm_base.CONTEXT}], "
-                         "the base's pretraining context.")
-    if values["targets"] is None:
-        values["targets"] = lm_shift.TARGETS
+    values = lm_shift.on_the_base(NAME, values)  # the loss never reaches anything but the adapted layers
     if args["layers"] is None:
         args["layers"] = list(values["targets"])  # full fine-tuning has no targets but keeps these
-    if values["trainable_modules"] is None:
-        values["trainable_modules"] = ()  # the loss never reaches anything but the adapted layers
     return values
 
 
@@ -106,7 +99,7 @@ def build_model(cell, device, dtype):
     import torch
 
     from bench.spec.methods import resolve_modules
-    from bench.spec.presets import ModelInfo
+    from bench.spec.presets import model_info
 
     args = cell.task_kwargs
     base = lm_base.ensure_pretrained(args["cache_dir"], args["base"], args["pretrain_seed"], args["pretrain_steps"],
@@ -143,11 +136,7 @@ def build_model(cell, device, dtype):
     target = probe.Probe("layers", layers, cell.batch_size * seq_len, args["eval_windows"] * seq_len, cell.seed,
                          ceiling, sum(changes[n].pow(2).sum().item() for n in names),
                          inputs=_sampler(pools, seq_len), extra=extra)
-    config = model.config
-    info = ModelInfo(inputs="tokens", head="causal-lm", vocab_size=config.vocab_size, num_labels=None,
-                     image_size=None, num_channels=None, num_layers=config.num_hidden_layers,
-                     hidden_size=config.hidden_size)  # fmt: skip
-    return model, with_data(info, target)
+    return model, with_data(model_info(model.config, "causal-lm", "tokens"), target)
 
 
 register(
