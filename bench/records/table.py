@@ -95,6 +95,8 @@ COLUMNS: tuple[Column, ...] = (
         "train.recompiles_measured",
         "graphs compiled during measured steps (should be 0)",
     ),
+    _c("graph_breaks", "Int64", "train.graph_breaks",
+       "graph breaks dynamo hit in this cell (0 when every compiled region is one graph; more: pieces run apart)"),
     _c("flops_per_step", "float64", "train.flops_per_step", "model FLOPs of a step (metrics.model_flops_per_step)"),
     _c("peak_flops", "float64", "train.peak_flops", "the GPU's datasheet peak for the precision; null if unknown"),
     _c("mfu", "float64", "train.mfu", "achieved model FLOP/s over peak_flops"),

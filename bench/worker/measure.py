@@ -162,6 +162,13 @@ def _compiled_graphs() -> int:
     return counters["stats"]["unique_graphs"]
 
 
+def _graph_breaks() -> int:
+    """Graph breaks dynamo has hit in this process: each one splits a compiled region into pieces run apart."""
+    from torch._dynamo.utils import counters
+
+    return sum(counters["graph_break"].values())
+
+
 @dataclass
 class _Setup:
     """A cell ready to train: the adapted model, its optimizer, a step function and the batches."""
@@ -335,6 +342,7 @@ def _measure(cell: Cell, options: Options, out: dict) -> None:
         sampler = stack.enter_context(memory.Sampler(out["device"].get("gpu_uuid")))
         stack.callback(lambda: mem.update(sampler.read()))  # also after a failure
         peaks = memory.TorchPeaks(device)
+        breaks_before = _graph_breaks()
         setup = _set_up(cell, device, precision, task, train)
 
         with timing.wall_clock(device, train, "first_step_s"):
@@ -359,6 +367,7 @@ def _measure(cell: Cell, options: Options, out: dict) -> None:
             train["warmup_step_times_s"] = list(train["warmup_step_times_s"]) + step_times[:late]
             step_times = step_times[late:]
         train["recompiles_measured"] = _compiled_graphs() - graphs_before
+        train["graph_breaks"] = _graph_breaks() - breaks_before
         _check_finite(losses, "measured")
         mem.update(peaks.read())
         train.update(_throughput(cell, setup, precision, out["device"], step_times))

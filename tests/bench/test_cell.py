@@ -280,3 +280,24 @@ def test_peft_lora_liger_is_skipped_on_a_cpu_and_names_its_packages():
     assert result["status"] == "skipped" and "runs CUDA kernels only" in result["reason"]
     reason = method.unavailable_reason()
     assert reason is None or "liger_kernel" in reason or "peft" in reason
+
+
+def test_a_compiled_cell_counts_its_graph_breaks(monkeypatch):
+    """graph_breaks is 0 when each compiled block is one graph (every adapter impl traces whole), and counts a break
+    that splits one: the column that would have shown compiled RandLoRA breaking every block on torch 2.11."""
+    from randlora.layers import base
+
+    ok = run(one_cell(method={"name": "randlora", "impl": "compiled", "r": 4}, steps=2), Options())
+    assert ok["status"] == "ok" and ok["train"]["graph_breaks"] == 0
+    compute_dtype = base.compute_dtype
+
+    def breaking(x):
+        torch._dynamo.graph_break()
+        return compute_dtype(x)
+
+    monkeypatch.setattr(base, "compute_dtype", breaking)
+    monkeypatch.setattr("randlora.layers.randlora_eager.compute_dtype", breaking)
+    monkeypatch.setattr("randlora.layers.lora.compute_dtype", breaking)
+    torch._dynamo.reset()
+    broken = run(one_cell(method={"name": "lora", "r": 4}, compile=True, compile_scope="blocks", steps=2), Options())
+    assert broken["status"] == "ok" and broken["train"]["graph_breaks"] > 0
