@@ -159,6 +159,8 @@ def _method_label(row) -> str:
     n_bases = getattr(row, "n_bases", None)
     parts += [f"n_bases={int(n_bases)}"] if not _missing(n_bases) else []
     parts += [row.precision]
+    quant = getattr(row, "quant", None)
+    parts += [f"quant={quant}"] if not _missing(quant) and quant != "none" else []
     head_lr = getattr(row, "head_lr", None)
     parts += [f"head_lr={head_lr:g}"] if not _missing(head_lr) else []
     return " ".join(parts)
@@ -188,11 +190,15 @@ def main(run_dir) -> int:
     out = run_dir / "accuracy_summary.csv"
     replace_atomically(out, lambda tmp: summary.to_csv(tmp, index=False))
     print(format_table(summary))
-    from bench.views.verdict import verdicts
+    from bench.views.verdict import quant_costs, verdicts
 
     lines = verdicts(summary)
     if lines:
         print("\nthe rank question (test metric, mean over seeds at the rate chosen on validation):")
+        print("\n".join(lines))
+    lines = quant_costs(summary)
+    if lines:
+        print("\nthe quantised base (each method on an int8 / nf4 base against the same method on the float base):")
         print("\n".join(lines))
     edge = "; * the chosen rate is an end of its sweep (widen it)" if summary["lr_edge"].fillna("").ne("").any() else ""
     print(f"\nchosen on validation, reported on test{edge}; every column: {out}")

@@ -9,6 +9,9 @@
     verdict   "reproduces the paper" when RandLoRA beats LoRA at equal parameters beyond two SE where a gap exists,
               "contradicts the paper" when LoRA beats RandLoRA so, else "unresolved at this noise" (a tie, or no gap)
 
+    quantised (a run whose rows differ in `quant`) the rank question is asked of the float-base rows; each method's
+              int8 / nf4 rows are then set against its float-base row: the accuracy cost of the quantised base
+
     probes    (full-rank-probe, update-probe) the share of the target each method reproduces beside its honest
               reference: p/N (what p free numbers recover of a change with no structure) and, for LoRA, the best any
               rank-r update can do (`top_r_energy`, Eckart-Young)
@@ -57,7 +60,9 @@ def task_verdict(rows: pd.DataFrame, args: str = "") -> list[str]:
     has_bases = "n_bases" in ok.columns
     rand = ok[(ok["method"] == "randlora") & (ok["n_bases"].isna() if has_bases else True)]
     if full.empty or lora.empty:
-        return [f"{head}: no full fine-tuning or LoRA (r <= {LORA_MAX_RANK}) row; the question needs both.", *probe]
+        missing = " or ".join(name for name, rows in (("full fine-tuning", full), (f"LoRA (r <= {LORA_MAX_RANK})", lora))
+                              if rows.empty)
+        return [f"{head}: no {missing} row; the question needs both full fine-tuning and LoRA.", *probe]
     full_row = full.iloc[0]
     lora_row = lora.sort_values("r").iloc[-1]
     gap, gap_se = _diff(full_row, lora_row)
@@ -147,9 +152,42 @@ def differing_args(column: pd.Series) -> dict[str, str]:
     return {value: " ".join(f"{k}={json.dumps(args.get(k))}" for k in varying) for value, args in parsed.items()}
 
 
-def verdicts(summary: pd.DataFrame) -> list[str]:
-    """Every task's lines, in the summary's order."""
+def _float_base(summary: pd.DataFrame) -> pd.DataFrame:
+    """The rows on a float (unquantised) base: the rank question compares methods on the same base."""
+    if "quant" not in summary.columns:
+        return summary
+    return summary[summary["quant"].fillna("none") == "none"]
+
+
+def quant_costs(summary: pd.DataFrame) -> list[str]:
+    """Each quantised row against the float-base row of the same configuration (all else equal): quantised − float,
+    ± two standard errors, and whether the cost is beyond them. Empty when no row is quantised."""
+    if "quant" not in summary.columns or summary["quant"].fillna("none").eq("none").all():
+        return []
+    summary = summary.assign(quant=summary["quant"].fillna("none"))
+    keys = [c for c in ("task", "task_args", "model", "method", "impl", "r", "alpha", "basis", "n_bases", "precision")
+            if c in summary.columns]
     lines = []
+    for _, group in summary.groupby(keys, dropna=False, sort=False):
+        base = group[group["quant"] == "none"]
+        for _, row in group[group["quant"] != "none"].iterrows():
+            name = f"{row['task']} {row['method']}" + (f" r{int(row['r'])}" if not pd.isna(row.get("r")) else "")
+            if base.empty:
+                lines.append(f"{name} {row['quant']}: {row['mean']:.4f} ± {row['std']:.4f}; no float-base row to set it against")
+                continue
+            ref = base.iloc[0]
+            diff, se = _diff(row, ref)
+            cost = ("costs accuracy beyond two SE" if diff < 0 else "gains beyond two SE") if _beyond(diff, se) \
+                else "no difference beyond two SE"
+            lines.append(f"{name}: {row['quant']} {row['mean']:.4f} ± {row['std']:.4f} vs float {ref['mean']:.4f} ± "
+                         f"{ref['std']:.4f}, {row['quant']} − float = {_fmt(diff, se)}: {cost}")
+    return lines
+
+
+def verdicts(summary: pd.DataFrame) -> list[str]:
+    """Every task's lines, in the summary's order (the float-base rows, where a run also holds quantised ones)."""
+    lines = []
+    summary = _float_base(summary)
     for (task, _), rows in summary.groupby(["task", "model"], sort=False):
         if "task_args" in rows.columns and rows["task_args"].astype(str).nunique() > 1:
             names = differing_args(rows["task_args"])

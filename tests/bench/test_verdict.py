@@ -63,3 +63,27 @@ def test_a_probe_s_lora_row_is_set_beside_randlora_only_at_a_similar_count():
             _probe_row("randlora", 12, 1050, 0.3, "{}", 0.052)]
     lines = [line for line in verdicts(pd.DataFrame(rows)) if line.startswith("  LoRA")]
     assert "RandLoRA r12" in lines[0] and "RandLoRA" not in lines[1]
+
+
+def test_the_rank_question_reads_the_float_base_rows_and_names_what_is_missing():
+    rows = _summary(randlora_mean=0.85)
+    rows["quant"] = "none"
+    nf4 = rows.assign(quant="nf4", mean=rows["mean"] - 0.2)  # a much worse quantised copy must not enter the verdict
+    assert verdicts(pd.concat([rows, nf4]))[-1] == verdicts(rows)[-1]
+    assert "no full fine-tuning row" in verdicts(rows[rows["method"] != "full"])[0]
+
+
+def test_a_quantised_row_is_set_against_the_same_method_on_the_float_base():
+    from bench.views.verdict import quant_costs
+
+    base = [_row("lora", 8, 1000, 0.800), _row("randlora", 6, 1040, 0.810)]
+    rows = pd.DataFrame([
+        {**base[0], "quant": "none"}, {**base[0], "quant": "nf4", "mean": 0.790},  # 0.010 lower: beyond 2 SE (0.0033)
+        {**base[1], "quant": "none"}, {**base[1], "quant": "int8", "mean": 0.809},  # within noise
+    ])  # fmt: skip
+    lines = quant_costs(rows)
+    assert len(lines) == 2
+    assert lines[0].startswith("t lora r8: nf4 0.7900") and "nf4 − float = -0.0100" in lines[0]
+    assert lines[0].endswith("costs accuracy beyond two SE")
+    assert lines[1].startswith("t randlora r6: int8") and lines[1].endswith("no difference beyond two SE")
+    assert quant_costs(rows[rows["quant"] == "none"]) == []
