@@ -114,6 +114,22 @@ def test_the_summary_names_the_best_configuration_per_goal(runs_dir):
     )
 
 
+def test_the_summary_leaves_out_cells_that_shared_their_gpu(runs_dir, tmp_path):
+    """A run of cells packed 16 to a GPU (an accuracy sweep) reports tokens/s that are not a lone cell's: however
+    high, they never become the summary's fastest configuration."""
+    from .report_runs import GPUS, METHODS, cell_record
+
+    machine, gpu = GPUS["h200"]
+    packed = RunFolder(tmp_path / "packed-run")
+    record = cell_record(machine, gpu, tokens_per_s=10**9, model="tiny-llama", method=METHODS["lora"], batch_size=1,
+                         lr=3e-2)  # fmt: skip
+    record.run = {**record.run, "cells_per_gpu": 16}
+    write_json(packed.result_path(record.cell_hash), record)
+    best = {(b["gpu_type"], b["model"], b["goal"]): b for b in tables.summary(data.load([*runs_dir, packed.root]))}
+    fast = best[("NVIDIA H200", "tiny-llama", "speed")]
+    assert fast["config"].startswith("randlora.eager r=32, fp32, batch 2×64")
+
+
 def test_accuracy_is_summarised_by_the_accuracy_protocol(page):
     """bench/views/accuracy.py picks the lr on validation (0.001: 0.86 > 0.81), then reports test at it."""
     assert "From bench/views/accuracy.py" in page
@@ -233,6 +249,28 @@ def test_the_verdict_of_an_accuracy_study_uses_the_chosen_rate_and_no_shared_spe
     assert parts["accuracy"].median == pytest.approx(0.9 / 0.6)
     said = verdict.sentence([group])
     assert "reaches ×0.90 the accuracy of full fine-tuning" in said and "accuracy only" in said
+
+
+def test_the_verdict_compares_only_cells_on_the_same_base_and_micro_batches():
+    """RandLoRA over nf4 is set against peft LoRA over nf4, never against peft LoRA on a bf16 base; a frame from
+    before `quant` and `micro_batches` were recorded reads as a float base at one micro-batch."""
+    from bench.views.report import verdict
+
+    def cell(method, quant, micro, speed):
+        return {"status": "ok", "tokens_per_s": speed, "memory_bytes": 10, "compile": False, "compile_scope": "model",
+                "method": method, "impl": "eager", "config": method, "gpu_type": "G", "model": "m", "batch_size": 4,
+                "seq_len": 16, "precision": "bf16", "cells_per_gpu": 1, "task": "throughput", "quant": quant,
+                "micro_batches": micro}
+
+    frame = pd.DataFrame([cell("randlora", "nf4", 1, 80.0), cell("peft-lora", "nf4", 1, 100.0),
+                          cell("randlora", "none", 1, 90.0), cell("peft-lora", "none", 1, 300.0),
+                          cell("randlora", "none", 4, 95.0), cell("peft-lora", "none", 4, 95.0)])  # fmt: skip
+    found = {g["title"]: g["rows"][0]["ratios"][("peft-lora", "eager")]["tokens/s"].median
+             for g in verdict.groups(frame)}  # fmt: skip
+    assert found == {"G · m · b4×16 · bf16": pytest.approx(0.3), "G · m · b4×16 · bf16 · nf4 base": pytest.approx(0.8),
+                     "G · m · b4×16 · bf16 · 4 micro-batches": pytest.approx(1.0)}  # fmt: skip
+    old = frame[frame["quant"] == "none"].drop(columns=["quant", "micro_batches"]).iloc[:2]
+    assert [g["title"] for g in verdict.groups(old)] == ["G · m · b4×16 · bf16"]
 
 
 def test_variants_name_only_the_task_arguments_that_differ_within_a_task_and_the_page_lists_them_all(tmp_path):

@@ -50,8 +50,10 @@ def family(row: dict) -> str:
 
 
 def label(row: dict) -> str:
-    """The configuration: the family, its rank and number of bases, the precision."""
-    return f"{_method(row, ('impl', 'basis', 'r', 'n_bases'))} {row['precision']}"
+    """The configuration: the family, its rank and number of bases, the precision, a quantised base."""
+    quant = row.get("quant")
+    base = f" quant={quant}" if isinstance(quant, str) and quant != "none" else ""
+    return f"{_method(row, ('impl', 'basis', 'r', 'n_bases'))} {row['precision']}{base}"
 
 
 def pareto_on_validation(summary: pd.DataFrame) -> pd.Series:

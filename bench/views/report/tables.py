@@ -164,12 +164,13 @@ GOALS = (
 
 def summary(runs: Runs) -> list[dict]:
     """Per GPU type and model: the fastest configuration (any batch size), and the one with the least memory at the
-    batch size most configurations finished; each with its ratio to LoRA and to full fine-tuning."""
+    batch size most configurations finished; each with its ratio to LoRA and to full fine-tuning. Cells that shared
+    their GPU (--cells-per-gpu) take no part: their speed and memory are not a lone cell's."""
     out = []
     for gpu_type, rows in runs.frame.groupby("gpu_type", sort=True):
         ratios = {(c, m): ratio_to(rows, c, m)[0] for _, c, _, _ in GOALS for m in (LORA_METHODS, ("full",))}
         for model in model_order(rows):
-            ok = rows[(rows["model"] == model) & (rows["status"] == "ok")]
+            ok = rows[(rows["model"] == model) & (rows["status"] == "ok") & ~shared_gpu(rows)]  # a lone cell's speed
             for goal, column, pick, fmt in GOALS:
                 candidates = ok if goal == "speed" else ok[ok["batch_size"] == common_batch(ok)]
                 values = candidates[column].dropna().astype(float)

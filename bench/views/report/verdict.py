@@ -1,7 +1,8 @@
 """The report's verdict: each RandLoRA variant against named baselines, as ratios with their range over runs and seeds.
 
-    group       GPU type × model × batch size × sequence length × precision × task: only cells that share all six
-                compare (the task is named in the title unless it is the throughput task)
+    group       GPU type × model × batch size × sequence length × precision × task × the frozen base's storage
+                (`quant`) × micro-batches per step: only cells that share all eight compare (the title names the
+                task unless it is the throughput task, a quantised base, and micro-batches above one)
     variant     a RandLoRA configuration (method randlora: impl, compiled or not, its parameters), the frame's `config`
     baselines   our LoRA (lora), peft LoRA (peft-lora), full fine-tuning (full), peft RandLora (peft-randlora), each
                 eager, compiled (whole model) and compiled per block where measured; cells of one baseline with
@@ -24,7 +25,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-GROUP = ("gpu_type", "model", "batch_size", "seq_len", "precision", "task")
+GROUP = ("gpu_type", "model", "batch_size", "seq_len", "precision", "task", "quant", "micro_batches")
+DEFAULTS = {"quant": "none", "micro_batches": 1}  # what a frame from before these fields were recorded means
 BASELINES = {"lora": "our LoRA", "peft-lora": "peft LoRA", "full": "full fine-tuning", "peft-randlora": "peft RandLora"}
 HEADLINE = ("peft-lora", "full")  # the baselines the verdict's sentence names
 METRICS = (("tokens_per_s", "tokens/s"), ("memory_bytes", "memory"))
@@ -74,6 +76,8 @@ def groups(frame: pd.DataFrame) -> list[dict]:
     if ok.empty:
         return []
     ok["compile"] = ok["compile"].fillna(False).astype(bool)
+    for column, default in DEFAULTS.items():
+        ok[column] = ok[column].fillna(default) if column in ok else default
     ok["mode"] = ok.apply(_compiled, axis=1)
     accuracy = _accuracy_column(ok)
     chosen = _at_chosen_rate(ok) if accuracy else ok
@@ -106,14 +110,21 @@ def groups(frame: pd.DataFrame) -> list[dict]:
         found.append(
             {
                 "key": dict(zip(GROUP, key)),
-                "title": f"{key[0]} · {key[1]} · b{key[2]}×{key[3]} · {key[4]}"
-                + ("" if key[5] in ("throughput", None) or pd.isna(key[5]) else f" · {key[5]}"),
+                "title": _title(dict(zip(GROUP, key))),
                 "baselines": [f"{BASELINES[m]} {mode}" for m, mode in present],
                 "rows": table,
                 "cells": len(rows),
             }
         )
     return found
+
+
+def _title(key: dict) -> str:
+    task, quant, micro = key["task"], key["quant"], int(key["micro_batches"])
+    return (f"{key['gpu_type']} · {key['model']} · b{key['batch_size']}×{key['seq_len']} · {key['precision']}"
+            + ("" if task in ("throughput", None) or pd.isna(task) else f" · {task}")
+            + ("" if quant == "none" else f" · {quant} base")
+            + ("" if micro == 1 else f" · {micro} micro-batches"))
 
 
 def _at_chosen_rate(frame: pd.DataFrame) -> pd.DataFrame:
