@@ -4,7 +4,8 @@
                 (`quant`) × micro-batches per step: only cells that share all eight compare (the title names the
                 task unless it is the throughput task, a quantised base, and micro-batches above one)
     variant     a RandLoRA configuration (method randlora: impl, compiled or not, its parameters), the frame's `config`
-    baselines   our LoRA (lora), peft LoRA (peft-lora), full fine-tuning (full), peft RandLora (peft-randlora), each
+    baselines   our LoRA (lora), peft LoRA (peft-lora), peft LoRA on Liger's kernels (peft-lora-liger), full
+                fine-tuning (full), peft RandLora (peft-randlora), each
                 eager, compiled (whole model) and compiled per block where measured; cells of one baseline with
                 different settings (rank, ...) are pooled into its range
     ratio       variant / baseline of tokens/s, of peak memory (`memory_bytes`) and of accuracy where both have it:
@@ -27,7 +28,8 @@ import pandas as pd
 
 GROUP = ("gpu_type", "model", "batch_size", "seq_len", "precision", "task", "quant", "micro_batches")
 DEFAULTS = {"quant": "none", "micro_batches": 1}  # what a frame from before these fields were recorded means
-BASELINES = {"lora": "our LoRA", "peft-lora": "peft LoRA", "full": "full fine-tuning", "peft-randlora": "peft RandLora"}
+BASELINES = {"lora": "our LoRA", "peft-lora": "peft LoRA", "peft-lora-liger": "peft LoRA + Liger", "full": "full fine-tuning",
+             "peft-randlora": "peft RandLora"}
 HEADLINE = ("peft-lora", "full")  # the baselines the verdict's sentence names
 METRICS = (("tokens_per_s", "tokens/s"), ("memory_bytes", "memory"))
 
