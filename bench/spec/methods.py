@@ -234,7 +234,19 @@ def _peft_randlora(model, params: dict, targets: tuple[str, ...], trainable: tup
         target_modules=list(targets),
         modules_to_save=list(trainable) or None,
     )
-    return peft.get_peft_model(model, config)
+    return _keep_quantised_output_dtype(peft.get_peft_model(model, config))
+
+
+def _keep_quantised_output_dtype(model):
+    """peft (0.21) RandLora's 4-bit and 8-bit layers cast x to their float32 adapter dtype, then return
+    `result.to(x.dtype)` with the new x: float32 activations leave a bf16 model's quantised layers and its bf16
+    output layer refuses them ("expected mat1 and mat2 to have the same dtype"). peft's comment there says the
+    output should keep the input's dtype; a forward hook on those layers does exactly that, and nothing else: the
+    adapter still computes in float32, as peft leaves it."""
+    layers = [m for m in model.modules() if type(m).__module__.startswith("peft.tuners.randlora.bnb")]
+    for layer in layers:
+        layer.register_forward_hook(lambda _m, args, out: out.to(args[0].dtype) if args else out)
+    return model
 
 
 @register(

@@ -117,6 +117,7 @@ METHOD_CASES = [
     ("nf4", {"name": "peft-lora", "r": 4}),
     ("nf4", {"name": "peft-randlora", "r": 8}),
     ("int8", {"name": "peft-randlora", "r": 8}),
+    ("nf4", {"name": "peft-randlora", "r": 8, "precision": "bf16"}),
 ]
 
 
@@ -159,10 +160,10 @@ def test_the_quant_grid_lists_the_8b_and_70b_cells():
     assert all(c.batch_size == 1 for c in grid.cells if c.model == "llama-70b")
 
 
-def test_the_lm_shift_quant_grid_pairs_every_configuration_on_both_bases():
+def test_the_lm_shift_quant_grid_pairs_every_configuration_on_every_base():
     grid = matrix.load("accuracy-h200-lm-quant")
     pairs: dict = {}
     for cell in grid.cells:
         key = (cell.method.label(), cell.seed, cell.lr)
         pairs.setdefault(key, set()).add(cell.quant)
-    assert len(grid.cells) == 24 and all(quants == {"none", "nf4"} for quants in pairs.values())
+    assert len(grid.cells) == 36 and all(quants == {"none", "int8", "nf4"} for quants in pairs.values())
