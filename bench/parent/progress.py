@@ -25,10 +25,20 @@ def summary_line(record: Record) -> str:
         return f"{status:<8} {label}  {record.reason or ''}"
     text = f"{status:<8} {label}  {record.train.get('tokens_per_s', 0):,.0f} tokens/s"
     peak = record.memory.get("peak_allocated_bytes")
-    if peak:
-        return text + f"  peak {peak / GIB:.2f} GiB"
     counted = counted_bytes(record.memory)
-    return text + (f"  counted {counted / GIB:.2f} GiB" if counted else "")
+    text += f"  peak {peak / GIB:.2f} GiB" if peak else (f"  counted {counted / GIB:.2f} GiB" if counted else "")
+    return text + _compile_warnings(record.train)
+
+
+def _compile_warnings(train: dict) -> str:
+    """What makes a compiled cell's speed not the compiled speed: graph breaks (its regions ran in pieces) and
+    graphs compiled while it was timed."""
+    notes = []
+    if train.get("graph_breaks"):
+        notes.append(f"{train['graph_breaks']} graph breaks")
+    if train.get("recompiles_measured"):
+        notes.append(f"{train['recompiles_measured']} recompiles while timed")
+    return f"  ({', '.join(notes)}: not the compiled speed)" if notes else ""
 
 
 class RunProgress:

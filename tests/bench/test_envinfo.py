@@ -105,6 +105,14 @@ def test_summary_line_of_a_cpu_cell_has_no_peak_and_shows_the_counted_memory():
     assert summary_line(record) == "ok       x  5 tokens/s  counted 4.00 GiB"
 
 
+def test_summary_line_says_when_a_cell_is_not_the_compiled_speed():
+    record = Record("h", "x", {}, status="ok", train={"tokens_per_s": 5.0, "graph_breaks": 0, "recompiles_measured": 0})
+    assert summary_line(record) == "ok       x  5 tokens/s"
+    record.train.update(graph_breaks=36, recompiles_measured=2)
+    assert summary_line(record) == ("ok       x  5 tokens/s  (36 graph breaks, 2 recompiles while timed: not the "
+                                    "compiled speed)")
+
+
 def test_the_source_digest_names_the_code_and_changes_with_it(tmp_path):
     for package in envinfo.SOURCE_PACKAGES:
         (tmp_path / package / "__pycache__").mkdir(parents=True)
