@@ -41,10 +41,12 @@ def unavailable_reason(device: torch.device | str, dtype: torch.dtype) -> str | 
 
 @dataclass(frozen=True)
 class SemiStructuredBasis:
-    """B (D, K) and Bᵀ (K, D), each compressed as a 2:4 semi-structured sparse tensor on the GPU."""
+    """B (D, K) and Bᵀ (K, D), each compressed as a 2:4 semi-structured sparse tensor on the GPU, and B dense for
+    the products the 2:4 layout does not serve (the token order puts B on the right of x)."""
 
     B: torch.Tensor
     BT: torch.Tensor
+    dense: torch.Tensor
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -60,7 +62,7 @@ class SemiStructuredBasis:
         if not (is_2_4(B) and is_2_4(B.T)):
             raise RuntimeError("the basis is not 2:4 along its rows and columns; use RandLoRAConfig.basis 'sparse_2_4'.")
         to_sparse = torch.sparse.to_sparse_semi_structured
-        return SemiStructuredBasis(to_sparse(B.contiguous()), to_sparse(B.T.contiguous()))
+        return SemiStructuredBasis(to_sparse(B.contiguous()), to_sparse(B.T.contiguous()), B)
 
     def mm(self, X: torch.Tensor) -> torch.Tensor:
         """B @ X (D, N) for X (K, N)."""

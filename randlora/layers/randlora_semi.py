@@ -5,9 +5,12 @@ The materialised order of functional.py with the two kinds of B-products done by
     forward     W0 + ΔW = W0 + B As (Dd orientation; transposed view when in > out),  y = x (W0 + ΔW)ᵀ + b
     backward    dL/dx = g (W0 + ΔW) rebuilt,  G = dL/dΔW_Dd,  dL/dAs = Bᵀ G,  then functional.scaling_grads
 
-On a CUDA GPU (compute capability >= 8.0) in bf16 / fp16 every call takes this order (the token order's products
-put B on the right, where the 2:4 layout does not apply); anywhere else the layer is the eager layer with the same
-(dense) 2:4 basis, the reference. The layer's adapted forward runs outside torch.compile (`torch.compiler.disable`):
+On a CUDA GPU (compute capability >= 8.0) in bf16 / fp16 a call takes this order where the eager layer's FLOP model
+(or `RandLoRAConfig.contraction`) picks the materialised order; where it picks the token order (the tall MLP shapes
+at a few thousand tokens) the call is the eager token-order function on the dense basis, since those products put B
+on the right of x, where the 2:4 layout does not apply. Forcing the materialised order everywhere cost the 8B step
+~53 TF (reports/PERF_NOTES.md, v4 measured). Anywhere else the layer is the eager layer with the same (dense) 2:4
+basis, the reference. The layer's adapted forward runs outside torch.compile (`torch.compiler.disable`):
 a compiled block breaks its graph around it rather than trace the sparse tensor subclasses (and the device query that
 picks them) through a custom autograd function; compare it with the eager impl uncompiled.
 """
@@ -20,7 +23,6 @@ from ..errors import ConfigError
 from ..functional import randlora_linear, scaled_A, scaling_grads
 from ..kernels.semi_structured import SemiStructuredBasis, unavailable_reason
 from ..registry import register
-from .base import compute_dtype
 from .randlora_eager import RandLoRALinear
 
 BASIS = "sparse_2_4"
@@ -65,10 +67,12 @@ class SemiStructuredRandLoRAFunction(torch.autograd.Function):
 
 
 def semi_structured_randlora_linear(x, weight, bias, A, B, lam, gam, scaling: float, materialize: bool):
-    """randlora_linear's signature; B a SemiStructuredBasis runs the 2:4 function (always materialised, scaling
-    must be 1: the layer folds s into λ), a dense tensor the eager one."""
+    """randlora_linear's signature; B a SemiStructuredBasis runs the 2:4 function in the materialised order and the
+    eager function on its dense copy in the token order; a dense B always the eager one."""
     if not isinstance(B, SemiStructuredBasis):
         return randlora_linear(x, weight, bias, A, B, lam, gam, scaling, materialize)
+    if not materialize:
+        return randlora_linear(x, weight, bias, A, B.dense, lam, gam, scaling, False)
     if scaling != 1.0:
         lam = lam * scaling
     return SemiStructuredRandLoRAFunction.apply(x, weight, bias, A, B, lam, gam)
@@ -94,11 +98,6 @@ class SemiStructuredRandLoRALinear(RandLoRALinear):
             return A, B
         key = ("semi_structured", str(torch.device(device)), dtype, tuple(B.shape))
         return A, self.bank.get_cached(key, lambda: SemiStructuredBasis.build(B))
-
-    def contraction(self, x: torch.Tensor) -> str:
-        if unavailable_reason(x.device, compute_dtype(x)) is None:
-            return "materialized"
-        return super().contraction(x)
 
     def linear_function(self):
         return semi_structured_randlora_linear

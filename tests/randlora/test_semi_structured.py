@@ -92,3 +92,63 @@ def test_semi_structured_layer_matches_eager_in_bf16_forward_and_gradients(shape
         results[impl] = (y, model[0].randlora_lambda.grad, model[0].randlora_gamma.grad)
     for got, want in zip(results["semi_structured"], results["eager"]):
         torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2 * want.float().abs().max().item())
+
+
+@pytest.fixture
+def emulated_sparse_cores(monkeypatch):
+    """The 2:4 path on a CPU in float64: "compressed" operands that are the dense B and Bᵀ, so the semi-structured
+    autograd function and the order dispatch run here exactly, and `calls` counts which function each call took."""
+    from randlora.layers import randlora_semi
+
+    calls = {"semi": 0, "dense": 0}
+    semi_apply, dense = randlora_semi.SemiStructuredRandLoRAFunction.apply, randlora_semi.randlora_linear
+
+    def counted_semi(*args):
+        calls["semi"] += 1
+        return semi_apply(*args)
+
+    def counted_dense(*args):
+        calls["dense"] += 1
+        return dense(*args)
+
+    monkeypatch.setattr(randlora_semi, "unavailable_reason", lambda device, dtype: None)
+    monkeypatch.setattr(randlora_semi.SemiStructuredRandLoRAFunction, "apply", counted_semi)
+    monkeypatch.setattr(randlora_semi, "randlora_linear", counted_dense)
+    monkeypatch.setattr(randlora_semi.SemiStructuredBasis, "build",
+                        staticmethod(lambda B: randlora_semi.SemiStructuredBasis(B, B.T.contiguous(), B)))
+    return calls
+
+
+@pytest.mark.parametrize("contraction", ["materialized", "tokens"])
+@pytest.mark.parametrize("shape", [(19, 44), (44, 19)])
+def test_the_2_4_path_matches_eager_in_float64_in_either_order(emulated_sparse_cores, contraction, shape):
+    in_f, out_f = shape
+    grads = {}
+    for impl in ("eager", "semi_structured"):
+        torch.manual_seed(0)
+        model = randlora.adapt(torch.nn.Sequential(torch.nn.Linear(in_f, out_f)).double(), randlora.RandLoRAConfig(
+            r=4, impl=impl, basis="sparse_2_4", target_modules=["0"], param_dtype="model", contraction=contraction))
+        randomize_(model, seed=1)
+        x = torch.randn(3, 7, in_f, dtype=torch.float64, generator=torch.Generator().manual_seed(2), requires_grad=True)
+        y = model(x)
+        y.square().sum().backward()
+        grads[impl] = (y, x.grad, model[0].randlora_lambda.grad, model[0].randlora_gamma.grad)
+    for got, want in zip(grads["semi_structured"], grads["eager"]):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    took = "semi" if contraction == "materialized" else "dense"
+    assert emulated_sparse_cores[took] == 1 and sum(emulated_sparse_cores.values()) == 1
+
+
+def test_the_2_4_layer_follows_the_flop_model_s_order(emulated_sparse_cores):
+    """Few tokens on a tall layer: the FLOP model picks the token order, which runs dense; many tokens on a square
+    layer: the materialised order, which runs on the 2:4 cores."""
+    from randlora.layers.randlora_semi import SemiStructuredRandLoRALinear
+
+    for features, tokens, took in (((64, 256), 2, "dense"), ((64, 64), 4096, "semi")):
+        model = randlora.adapt(torch.nn.Sequential(torch.nn.Linear(*features)).double(), randlora.RandLoRAConfig(
+            r=8, impl="semi_structured", basis="sparse_2_4", target_modules=["0"], param_dtype="model"))
+        layer = model[0]
+        assert isinstance(layer, SemiStructuredRandLoRALinear)
+        before = dict(emulated_sparse_cores)
+        model(torch.randn(tokens, features[0], dtype=torch.float64)).sum().backward()
+        assert emulated_sparse_cores[took] == before[took] + 1
