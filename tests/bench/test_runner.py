@@ -334,6 +334,12 @@ def test_a_process_gone_on_the_second_look_does_not_make_the_gpu_busy(monkeypatc
     assert runner._other_processes(Slot()) == []
 
 
+def _sigint_as_in_a_terminal() -> None:
+    """The harness's SIGINT at its default, as a terminal's foreground job has it: a test run in the background of
+    a non-interactive shell inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.slow
 def test_an_interrupted_run_records_no_error_for_the_cells_it_stopped(tmp_path, write_grid):
     """Ctrl-C (SIGINT) stops the run: the cell it killed stays unfinished (no record), for --resume, instead of
@@ -341,7 +347,9 @@ def test_an_interrupted_run_records_no_error_for_the_cells_it_stopped(tmp_path, 
     path = write_grid(f"defaults: {TINY_DEFAULTS}\ninclude: [{{inject: hang, timeout_s: 600}}]\n")
     run_dir = tmp_path / "run"
     command = [sys.executable, "-m", "bench", "run", "--matrix", str(path), "--run-dir", str(run_dir)]
-    harness = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    harness = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=_sigint_as_in_a_terminal
+    )
     deadline = time.monotonic() + 120
     while not list((run_dir / "specs").glob("*.json")) and time.monotonic() < deadline:
         time.sleep(0.2)
