@@ -65,6 +65,22 @@ def cells_in_this_process(monkeypatch):
     monkeypatch.setattr(LocalLauncher, "execute", execute)
 
 
+@pytest.fixture(scope="session")
+def two_rank_checks(tmp_path_factory):
+    """device -> what the two-rank checks saved on it (parity.run_two_rank_checks): one torchrun per device for
+    test_distributed.py and test_meta_build.py together."""
+    from .parity import run_two_rank_checks
+
+    done: dict[str, dict] = {}
+
+    def results(device: str) -> dict:
+        if device not in done:
+            done[device] = run_two_rank_checks(tmp_path_factory.mktemp(f"two-ranks-{device}"), device)
+        return done[device]
+
+    return results
+
+
 @pytest.fixture
 def write_grid(tmp_path: Path):
     def write(text: str, name: str = "grid.yaml") -> Path:
