@@ -48,6 +48,40 @@ def one_thread():
 
 
 @pytest.fixture
+def cells_in_this_process(monkeypatch):
+    """`bench run` measures each cell in the test's process instead of a process of its own: the spec file in and
+    the record out as bench.worker writes them (bench.worker.main), without a torch import per cell. For tests of
+    what a run records; how cell processes start, end, time out and are killed is tests/bench/test_runner.py's."""
+    from bench.parent.launchers import Outcome
+    from bench.parent.launchers.local import LocalLauncher
+    from bench.worker import main, protocol
+
+    def execute(self, cell, spec_path, log_path, slot, work_dir):
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_path.write_text("measured in the test's process\n", encoding="utf-8")
+        return Outcome(timed_out=False, returncode=main.main(["bench.worker", str(spec_path)]))
+
+    monkeypatch.setattr(protocol, "exit_when_orphaned", lambda parent_pid: None)  # the parent is this process
+    monkeypatch.setattr(LocalLauncher, "execute", execute)
+
+
+@pytest.fixture(scope="session")
+def two_rank_checks(tmp_path_factory):
+    """device -> what the two-rank checks saved on it (parity.run_two_rank_checks): one torchrun per device for
+    test_distributed.py and test_meta_build.py together."""
+    from .parity import run_two_rank_checks
+
+    done: dict[str, dict] = {}
+
+    def results(device: str) -> dict:
+        if device not in done:
+            done[device] = run_two_rank_checks(tmp_path_factory.mktemp(f"two-ranks-{device}"), device)
+        return done[device]
+
+    return results
+
+
+@pytest.fixture
 def write_grid(tmp_path: Path):
     def write(text: str, name: str = "grid.yaml") -> Path:
         path = tmp_path / name

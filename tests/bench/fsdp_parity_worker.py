@@ -1,6 +1,5 @@
-"""One rank of the FSDP2 parity check (tests/bench/test_distributed.py), started by torchrun:
-
-    python -m torch.distributed.run --standalone --nproc-per-node 2 tests/bench/fsdp_parity_worker.py OUT DEVICE [IMPL]
+"""One rank's part of the FSDP2 parity check (tests/bench/test_distributed.py), run under torchrun by
+tests/bench/two_rank_checks.py.
 
 Builds tiny-llama adapted with RandLoRA exactly as a cell does (bench.distributed), trains one step on its slice of
 a global batch, and rank 0 saves what the test compares with one process on the whole batch: the loss, the full
@@ -9,8 +8,6 @@ rank holding other bases must raise.
 """
 
 from __future__ import annotations
-
-import sys
 
 import torch
 import torch.distributed as dist
@@ -21,10 +18,8 @@ from bench.spec.precision import PRECISIONS
 from tests.bench.parity import GLOBAL_BATCH, adapted_model, global_batch, one_step
 
 
-def main(out: str, device_type: str, impl: str = "eager") -> None:
-    ranks = distributed.from_environment()
-    device = torch.device("cuda", ranks.local_rank) if device_type == "cuda" else torch.device("cpu")
-    distributed.init(device)
+def run(out: str, device: torch.device, ranks: distributed.Ranks, impl: str) -> None:
+    """This rank's part, in a process group already joined; rank 0 saves the result to `out`."""
     model = adapted_model(device, impl)
     digest = distributed.check_replicated(model)
     model = distributed.shard(model, PRECISIONS["fp32"], device, ranks.world_size)
@@ -54,8 +49,3 @@ def main(out: str, device_type: str, impl: str = "eager") -> None:
     }
     if ranks.rank == 0:
         torch.save(result, out)
-    distributed.finish()
-
-
-if __name__ == "__main__":
-    main(*sys.argv[1:])

@@ -1,6 +1,5 @@
-"""One rank of the meta-device build check (tests/bench/test_meta_build.py), started by torchrun:
-
-    torchrun --standalone --nproc-per-node 2 tests/bench/meta_build_worker.py OUT FOLDER DEVICE [IMPL]
+"""One rank's part of the meta-device build check (tests/bench/test_meta_build.py), run under torchrun by
+tests/bench/two_rank_checks.py.
 
 Two models, each built as a cell of several GPUs builds it (bench.worker.meta_build): on the meta device, adapted
 with parity.py's RandLoRA, sharded with FSDP2, then materialised on this rank's device.
@@ -14,8 +13,6 @@ random model's full weights by checkpoint key, its λ and γ, its loss, and what
 """
 
 from __future__ import annotations
-
-import sys
 
 import torch
 import torch.distributed as dist
@@ -38,10 +35,8 @@ def sharded(model_name: str, device: torch.device, world_size: int, impl: str):
     return model, keys, distributed.check_replicated(model)
 
 
-def main(out: str, folder: str, device_type: str, impl: str = "eager") -> None:
-    ranks = distributed.from_environment()
-    device = torch.device("cuda", ranks.local_rank) if device_type == "cuda" else torch.device("cpu")
-    distributed.init(device)
+def run(out: str, folder: str, device: torch.device, ranks: distributed.Ranks, impl: str = "eager") -> None:
+    """This rank's part, in a process group already joined; rank 0 saves the result to `out`."""
     batch = distributed.rank_slice(lambda step: global_batch(device), ranks, GLOBAL_BATCH // ranks.world_size)(0)
 
     loaded, _, loaded_digest = sharded(f"hf:{folder}", device, ranks.world_size, impl)
@@ -70,8 +65,3 @@ def main(out: str, folder: str, device_type: str, impl: str = "eager") -> None:
     }
     if ranks.rank == 0:
         torch.save(result, out)
-    distributed.finish()
-
-
-if __name__ == "__main__":
-    main(*sys.argv[1:])

@@ -1,4 +1,5 @@
-"""The model and batch the FSDP2 parity check uses on both sides: one process, and each rank under torchrun."""
+"""The model and batch the two-rank checks use on both sides (one process, and each rank under torchrun), and the
+torchrun that runs every check at once (two_rank_checks.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ from bench.spec import presets
 REPO = Path(__file__).resolve().parents[2]
 GLOBAL_BATCH, SEQ_LEN = 4, 24  # 2 rows per rank at 2 ranks
 BACKENDS = {"cpu": "gloo", "cuda": "nccl"}  # the process group a device's ranks must have joined
+# the impls the FSDP2 parity check runs on each device; the compiled impl compiles each decoder block in place
+# before fully_shard wraps it
+PARITY_IMPLS = {"cpu": ("eager", "compiled"), "cuda": ("eager",)}
 CUDA_GPUS = torch.cuda.device_count()
 GPU_PAIR = pytest.mark.skipif(
     CUDA_GPUS < 2, reason=f"the NCCL run needs 2 CUDA GPUs and torch sees {CUDA_GPUS} on this machine"
@@ -23,6 +27,12 @@ GPU_PAIR = pytest.mark.skipif(
 
 
 CONFIG = dict(r=8, alpha=16, target_modules=randlora.LLAMA_PROJECTIONS, seed=3)  # RandLoRA on every projection
+
+
+def eager_tiny_llama():
+    """tiny-llama as `adapted_model` builds it before adapting (seed 0, float32, on the CPU)."""
+    torch.manual_seed(0)
+    return presets.build("tiny-llama", torch.float32, torch.device("cpu"))[0]
 
 
 def adapted_model(device: torch.device, impl: str = "eager"):
@@ -71,11 +81,15 @@ def trainable_grads(model) -> dict[str, torch.Tensor]:
     return {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
 
 
-def run_two_ranks(script: str, *args: str) -> None:
-    """`python -m torch.distributed.run --standalone --nproc-per-node=2 tests/bench/SCRIPT ARGS...`, which must
-    exit 0 (the ranks' stderr in the failure's message otherwise)."""
+def run_two_rank_checks(out: Path, device: str) -> dict[str, dict]:
+    """Every check of two_rank_checks.py on `device` in one `python -m torch.distributed.run --standalone
+    --nproc-per-node=2`, which must exit 0 (the ranks' stderr in the failure's message otherwise); returns what rank
+    0 saved, by name: fsdp-<impl> for each impl of PARITY_IMPLS[device], and meta-build."""
+    folder = out / "tiny-llama"
+    eager_tiny_llama().save_pretrained(folder)  # safetensors, for the meta build to load shard by shard
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
-    command += [str(REPO / "tests/bench" / script), *args]
+    command += [str(REPO / "tests/bench/two_rank_checks.py"), str(out), str(folder), device, *PARITY_IMPLS[device]]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240, check=False)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=480, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
+    return {path.stem: torch.load(path) for path in out.glob("*.pt")}

@@ -76,8 +76,9 @@ BEATS_UNTRAINED = {  # task: fields of a cell trained for `steps` steps (sized t
     "rotten-tomatoes": {"model": "minilm-l6", "steps": 32, "batch_size": 16, "seq_len": 32, "lr": 3e-3},
     "hf-text": {"model": "minilm-l6", "steps": 8, "batch_size": 8, "seq_len": 16, "lr": 3e-3,
                 "task_args": {"dataset": FIXTURE, "val_size": 40}},
-    # the tiny base of the tests (4 pretraining steps) is nearly random: only full fine-tuning moves in 100 steps
-    "mnist-transfer": {"model": "vit-fmnist", "steps": 100, "batch_size": 32, "lr": 2e-3, "method": "full"},
+    # the tiny base of the tests (4 pretraining steps) is nearly random: only full fine-tuning moves in 60 steps
+    # (held-out loss 2.48 untrained, 2.31 prior, 2.10 after; accuracy 0.05, 0.05, 0.20)
+    "mnist-transfer": {"model": "vit-fmnist", "steps": 60, "batch_size": 32, "lr": 2e-3, "method": "full"},
 }
 
 

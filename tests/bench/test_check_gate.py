@@ -9,6 +9,7 @@ out the torch.compile cell (half a minute of compilation each); the heavier-vari
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,8 @@ def measure(grid: str, run_dir: Path, *extra: str) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # one torch thread: two of these processes share CI's two cores, and the measure counts bytes, not time
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
 
 

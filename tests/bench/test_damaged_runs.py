@@ -101,9 +101,10 @@ def test_a_second_run_into_a_folder_in_use_is_one_sentence_and_exit_2(capsys, tm
     assert sorted(p.name for p in run_dir.iterdir()) == [".lock"]
 
 
-def test_a_slimmed_study_extended_by_a_later_pass_keeps_both(tmp_path):
+def test_a_slimmed_study_extended_by_a_later_pass_keeps_both(tmp_path, cells_in_this_process):
     """A committed (slimmed) folder run again with new cells: the archive's records and the new cell files are one
-    study, a cell file winning over the archive's record of the same hash, and slimming again folds them in."""
+    study, a cell file winning over the archive's record of the same hash, and slimming again folds them in. (The
+    cells are measured in this process: the test is about the folder, not about cell processes.)"""
     import gzip
     import json
 

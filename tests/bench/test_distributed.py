@@ -15,13 +15,16 @@ from bench.worker import distributed
 from bench.worker import agent as torchrun
 from bench.worker import protocol
 
-from .parity import BACKENDS, GPU_PAIR, adapted_model, global_batch, one_step, run_two_ranks
+from .parity import BACKENDS, GPU_PAIR, PARITY_IMPLS, adapted_model, global_batch, one_step
 
 # float32 throughout; two ranks sum their half-batch gradients in another order than one process does
 TOLERANCES = {"cpu": {"rtol": 1e-5, "atol": 1e-7}, "cuda": {"rtol": 1e-4, "atol": 1e-6}}
-# (device, the ranks' impl); the one-process reference is always the eager impl. The compiled impl compiles each
-# decoder block in place before fully_shard wraps it.
-RUNS = [("cpu", "eager"), ("cpu", "compiled"), pytest.param(("cuda", "eager"), marks=GPU_PAIR)]
+# (device, the ranks' impl); the one-process reference is always the eager impl
+RUNS = [
+    pytest.param((device, impl), marks=[GPU_PAIR] if device == "cuda" else [], id=f"{device}-{impl}")
+    for device, impls in PARITY_IMPLS.items()
+    for impl in impls
+]
 
 
 def one_process_reference(device: torch.device) -> dict:
@@ -29,13 +32,11 @@ def one_process_reference(device: torch.device) -> dict:
     return {"loss": loss.item(), "loss_after_step": loss_after.item(), "grads": grads}
 
 
-@pytest.fixture(scope="module", params=RUNS, ids=["cpu-eager", "cpu-compiled", "cuda-eager"])
-def two_ranks(request, tmp_path_factory) -> tuple[dict, dict, str]:
+@pytest.fixture(scope="module", params=RUNS)
+def two_ranks(request, two_rank_checks) -> tuple[dict, dict, str]:
     """(what rank 0 of a 2-rank FSDP2 run saved, the one-process eager reference, the device type)."""
     device, impl = request.param
-    out = tmp_path_factory.mktemp("fsdp") / "ranks.pt"
-    run_two_ranks("fsdp_parity_worker.py", str(out), device, impl)
-    return torch.load(out), one_process_reference(torch.device(device)), device
+    return two_rank_checks(device)[f"fsdp-{impl}"], one_process_reference(torch.device(device)), device
 
 
 @pytest.mark.slow

@@ -1,12 +1,9 @@
 """`hf:` models of any causal-LM family: targets checked on a meta-device copy at grid load (so at --dry-run), the
-family's default targets, and a GPT-2 (transformers' Conv1D layers) run end to end through `python -m bench run`."""
+family's default targets, and a GPT-2 (transformers' Conv1D layers) run end to end through `bench run`."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -113,7 +110,10 @@ def test_trust_remote_code_reaches_the_config_only_when_the_grid_asks(gpt2_folde
 
 
 @pytest.mark.slow
-def test_a_gpt2_from_a_folder_runs_end_to_end_for_randlora_lora_and_peft_lora(gpt2_folder, tmp_path):
+def test_a_gpt2_from_a_folder_runs_end_to_end_for_randlora_lora_and_peft_lora(
+    gpt2_folder, tmp_path, capsys, cells_in_this_process
+):
+    """Through `bench run`, the cells measured in this process (a process per cell is test_runner.py's)."""
     pytest.importorskip("peft")
     grid = _grid(
         tmp_path,
@@ -122,10 +122,9 @@ def test_a_gpt2_from_a_folder_runs_end_to_end_for_randlora_lora_and_peft_lora(gp
         " {name: peft-lora, r: 4, alpha: 8}]\n",
     )
     run_dir = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "bench", "run", "--matrix", str(grid), "--run-dir", str(run_dir)]
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
-    assert done.returncode == 0, done.stdout + done.stderr
+    code = cli.main(["run", "--matrix", str(grid), "--run-dir", str(run_dir)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.out + captured.err
     records = [json.loads(p.read_text()) for p in (run_dir / "cells").glob("*.json")]
     assert sorted(r["cell"]["method"]["name"] for r in records) == ["lora", "peft-lora", "randlora"]
     for record in records:

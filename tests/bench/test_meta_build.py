@@ -18,26 +18,16 @@ from bench.core.errors import BenchError
 from bench.spec import methods, presets
 from bench.worker import meta_build
 
-from .parity import BACKENDS, GPU_PAIR, adapted_model, global_batch, one_step, run_two_ranks
+from .parity import BACKENDS, GPU_PAIR, adapted_model, eager_tiny_llama, global_batch, one_step
 
 TOLERANCES = {"cpu": {"rtol": 1e-5, "atol": 1e-7}, "cuda": {"rtol": 1e-4, "atol": 1e-6}}  # as test_distributed.py
 
 
-def eager_tiny_llama():
-    """tiny-llama as parity.adapted_model builds it before adapting (seed 0, float32, on the CPU)."""
-    torch.manual_seed(0)
-    return presets.build("tiny-llama", torch.float32, torch.device("cpu"))[0]
-
-
 @pytest.fixture(scope="module", params=["cpu", pytest.param("cuda", marks=GPU_PAIR)])
-def two_ranks(request, tmp_path_factory) -> tuple[dict, str]:
+def two_ranks(request, two_rank_checks) -> tuple[dict, str]:
     """(what rank 0 of the 2-rank meta build saved, the device type)."""
     device = request.param
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    eager_tiny_llama().save_pretrained(folder)  # safetensors
-    out = folder.parent / f"ranks-{device}.pt"
-    run_two_ranks("meta_build_worker.py", str(out), str(folder), device)
-    return torch.load(out), device
+    return two_rank_checks(device)["meta-build"], device
 
 
 @pytest.mark.slow
