@@ -107,7 +107,8 @@ def _cell_processes(run_dir: Path) -> list[psutil.Process]:
 def test_resume_after_the_harness_is_killed_loses_no_finished_cell(tmp_path, write_grid, capsys):
     path = write_grid(f"defaults: {TINY_DEFAULTS}\naxes: {{seed: [0, 1]}}\n")
     run_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "bench", "run", "--matrix", str(path), "--run-dir", str(run_dir)]
+    argv = ["run", "--matrix", str(path), "--run-dir", str(run_dir)]
+    command = [sys.executable, "-m", "bench", *argv]
     harness = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     cells_dir = run_dir / "cells"
     deadline = time.monotonic() + 180
@@ -124,7 +125,7 @@ def test_resume_after_the_harness_is_killed_loses_no_finished_cell(tmp_path, wri
     assert not alive  # an orphaned cell stops by itself instead of finishing behind the next run's back
     assert {p.name for p in cells_dir.glob("*.json")} == set(finished)
 
-    code = cli.main(command[3:] + ["--resume"])  # the second harness in this process; its cell in a process
+    code = cli.main([*argv, "--resume"])  # the second harness in this process; its cell in a process of its own
     out = capsys.readouterr().out
     assert code == 0, out
     assert f"{len(finished)} finished cells kept" in out

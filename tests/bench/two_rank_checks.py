@@ -1,6 +1,7 @@
 """Every two-rank check of the tests in one torchrun, started by parity.run_two_rank_checks:
 
-    python -m torch.distributed.run --standalone --nproc-per-node 2 tests/bench/two_rank_checks.py OUT FOLDER DEVICE IMPL...
+    python -m torch.distributed.run --standalone --nproc-per-node 2 \
+        tests/bench/two_rank_checks.py OUT FOLDER DEVICE IMPL...
 
 One process group for all of them: torchrun's start and each rank's imports cost more than a check itself. In order,
 rank 0 saving each result under OUT:
