@@ -21,6 +21,7 @@ Contraction = Literal["auto", "tokens", "materialized"]
 # accumulation window from dL/d(W0 + ΔW) accumulated over it (randlora.accumulation_window).
 Accumulate = Literal["micro_batch", "window"]
 ParamDtype = Literal["float32", "model"]
+KEEP_WEIGHT_IMPLS = ("eager", "compiled")  # the impls whose function can keep W0 + ΔW from forward for backward
 
 # Names of the projections of a Llama-family decoder block; a convenient default for causal LMs.
 LLAMA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -147,12 +148,22 @@ class RandLoRAConfig(AdapterConfig):
     # "window": inside randlora.accumulation_window, W0 + ΔW is built once and λ, γ get their gradients once per
     # window (a weight-sized tensor and its gradient held per layer); outside a window, as "micro_batch"
     accumulate: Accumulate = "micro_batch"
+    # materialised order: keep W0 + ΔW from forward for backward instead of rebuilding it (one weight-sized tensor
+    # per layer held from forward to backward, 2·D·d·n·r FLOPs fewer per layer and step); impls eager and compiled
+    keep_weight: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _validate_low_rank(self)
         name = type(self).__name__
         _check_choice(name, "impl", self.impl, RandLoRAImpl)
+        if not isinstance(self.keep_weight, bool):
+            raise ConfigError(f"{name}.keep_weight is {self.keep_weight!r}; it must be true or false.")
+        if self.keep_weight and self.impl not in KEEP_WEIGHT_IMPLS:
+            raise ConfigError(
+                f"{name}.keep_weight is true with impl {self.impl!r}, which always rebuilds W0 + ΔW in backward; "
+                f"use impl {' or '.join(map(repr, KEEP_WEIGHT_IMPLS))}, or keep_weight false."
+            )
         _check_choice(name, "accumulate", self.accumulate, Accumulate)
         if self.accumulate == "window" and self.dropout > 0:
             raise ConfigError(

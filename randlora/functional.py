@@ -16,18 +16,21 @@ both compute the same ΔW and adapters export to peft exactly. It is a relabelli
 Forward y = x W0ᵀ + b + x ΔWᵀ, computed in one of two orders (T tokens):
     tokens:        in <= out:  h = x Asᵀ (T, n·r),  y += s · h Bᵀ
                    in  > out:  h = x B   (T, n·r),  y += s · h As
-    materialized:  y = x (W0 + ΔW)ᵀ + b,  W0 + ΔW built by one addmm and dropped after use.
+    materialized:  y = x (W0 + ΔW)ᵀ + b,  W0 + ΔW built by one addmm and dropped after use (or, with
+                   keep_weight, saved for backward: one weight-sized tensor per layer held from forward to
+                   backward instead of a rebuild of 2·D·d·n·r FLOPs).
 
 Backward, with g = dL/dy (T, out):
     tokens, in <= out:  gh = s · g B,   dL/dx = g W0 + gh As,   dL/dAs = ghᵀ x
     tokens, in  > out:  gh = s · g Asᵀ, dL/dx = g W0 + gh Bᵀ,   dL/dAs = s · hᵀ g
-    materialized:       dL/dx = g (W0 + ΔW)  (rebuilt),  G = dL/dΔW_Dd (gᵀx or xᵀg),  dL/dAs = s · Bᵀ G
+    materialized:       dL/dx = g (W0 + ΔW)  (rebuilt, or kept from forward),  G = dL/dΔW_Dd (gᵀx or xᵀg),  dL/dAs = s · Bᵀ G
     then from dL/dAs (viewed (r, n, d)):
         dL/dλ[k, j] = Σ_c dAs[k, j, c] · A[k, c] · γ[j, c]
         dL/dγ[j, c] = Σ_k dAs[k, j, c] · A[k, c] · λ[k, j]
 
-Nothing weight-sized is saved for backward: only x, h (tokens path, in > out: (T, n·r)) and the small λ, γ.
-As and W0 + ΔW are recomputed in backward (peft keeps the scaled (n·r, d) basis of every layer alive instead).
+By default nothing weight-sized is saved for backward: only x, h (tokens path, in > out: (T, n·r)) and the small
+λ, γ. As and W0 + ΔW are recomputed in backward (peft keeps the scaled (n·r, d) basis of every layer alive instead);
+keep_weight=True keeps W0 + ΔW instead of rebuilding it, when memory allows.
 """
 from __future__ import annotations
 
@@ -77,26 +80,31 @@ def window_project(G: torch.Tensor, A, B, lam, gam) -> None:
     torch.autograd.backward(scaled_A(A, lam, gam), B.T @ G)
 
 
-def contraction_flops(tokens: int, in_features: int, out_features: int, rank: int, backward: bool) -> dict[str, int]:
+def contraction_flops(
+    tokens: int, in_features: int, out_features: int, rank: int, backward: bool, keep_weight: bool = False
+) -> dict[str, int]:
     """Extra FLOPs over the frozen base matmul for each contraction order (rank = n·r).
 
     tokens:       forward 2·T·nr·(in + out); backward 2·T·nr·(in + out + d)
-    materialized: forward 2·D·d·nr (build W0 + ΔW); backward 2·D·d·nr (rebuild) + 2·T·D·d (dL/dΔW) + 2·D·d·nr
+    materialized: forward 2·D·d·nr (build W0 + ΔW); backward 2·D·d·nr (rebuild, none with keep_weight)
+                  + 2·T·D·d (dL/dΔW) + 2·D·d·nr (Bᵀ G)
     """
     d, D = min(in_features, out_features), max(in_features, out_features)
     tokens_fwd = 2 * tokens * rank * (in_features + out_features)
     tokens_bwd = 2 * tokens * rank * (in_features + out_features + d)
     mat_fwd = 2 * D * d * rank
-    mat_bwd = 4 * D * d * rank + 2 * tokens * D * d
+    mat_bwd = (2 if keep_weight else 4) * D * d * rank + 2 * tokens * D * d
     return {
         "tokens": tokens_fwd + (tokens_bwd if backward else 0),
         "materialized": mat_fwd + (mat_bwd if backward else 0),
     }
 
 
-def choose_contraction(tokens: int, in_features: int, out_features: int, rank: int, backward: bool) -> str:
+def choose_contraction(
+    tokens: int, in_features: int, out_features: int, rank: int, backward: bool, keep_weight: bool = False
+) -> str:
     """The cheaper order by FLOP count (ties go to the token path, which never builds a weight-sized tensor)."""
-    flops = contraction_flops(tokens, in_features, out_features, rank, backward)
+    flops = contraction_flops(tokens, in_features, out_features, rank, backward, keep_weight)
     return "materialized" if flops["materialized"] < flops["tokens"] else "tokens"
 
 
@@ -113,16 +121,19 @@ class RandLoRALinearFunction(torch.autograd.Function):
     """y = x W0ᵀ + b + x ΔWᵀ with a recomputing backward (module docstring has the derivation).
 
     weight / bias may be None: then only the adapter term x ΔWᵀ is returned (token order), which is how dropout
-    on the adapter path is served. All tensors arrive in the compute dtype; the caller casts λ, γ.
+    on the adapter path is served. All tensors arrive in the compute dtype; the caller casts λ, γ. keep_weight
+    (materialised order only) saves W0 + ΔW for backward instead of rebuilding it there.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, A, B, lam, gam, scaling: float, materialize: bool):
+    def forward(ctx, x, weight, bias, A, B, lam, gam, scaling: float, materialize: bool, keep_weight: bool = False):
         x2 = x.reshape(-1, x.shape[-1])
         d_is_in = x.shape[-1] == A.shape[1]  # the layer's input is its smaller side d (in <= out)
-        h = None
+        h = kept = None
         if materialize:
-            y = F.linear(x2, _effective_weight(weight, A, B, lam, gam, scaling), bias)
+            w = _effective_weight(weight, A, B, lam, gam, scaling)
+            y = F.linear(x2, w, bias)
+            kept = w if keep_weight else None
         else:
             As = scaled_A(A, lam, gam)
             if d_is_in:
@@ -134,14 +145,14 @@ class RandLoRALinearFunction(torch.autograd.Function):
                 y = torch.mm(h_in, right) * scaling
             else:
                 y = torch.addmm(F.linear(x2, weight, bias), h_in, right, alpha=scaling)
-        ctx.save_for_backward(x, weight, A, B, lam, gam, h)
+        ctx.save_for_backward(x, weight, A, B, lam, gam, h, kept)
         ctx.scaling, ctx.materialize, ctx.d_is_in = scaling, materialize, d_is_in
         ctx.has_bias = bias is not None
         return y.view(*x.shape[:-1], y.shape[-1])
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, weight, A, B, lam, gam, h = ctx.saved_tensors
+        x, weight, A, B, lam, gam, h, kept = ctx.saved_tensors
         s = ctx.scaling
         x2 = x.reshape(-1, x.shape[-1])
         g = grad_out.reshape(-1, grad_out.shape[-1])
@@ -150,7 +161,7 @@ class RandLoRALinearFunction(torch.autograd.Function):
         # s multiplies the small dL/dλ, dL/dγ at the end instead of a (T, r·n) or weight-sized tensor here
         if ctx.materialize:
             if need_x:
-                grad_x = g @ _effective_weight(weight, A, B, lam, gam, s)
+                grad_x = g @ (kept if kept is not None else _effective_weight(weight, A, B, lam, gam, s))
             G = g.T @ x2 if ctx.d_is_in else x2.T @ g  # dL/dΔW_Dd (D, d)
             if need_w:
                 grad_w = G if ctx.d_is_in else G.T
@@ -176,9 +187,11 @@ class RandLoRALinearFunction(torch.autograd.Function):
             grad_x = grad_x.view(x.shape)
         if s != 1.0:  # the layers fold s into λ and pass 1: no two extra kernels per backward then
             g_lam, g_gam = g_lam * s, g_gam * s
-        return grad_x, grad_w, grad_b, None, None, g_lam, g_gam, None, None
+        return grad_x, grad_w, grad_b, None, None, g_lam, g_gam, None, None, None
 
 
-def randlora_linear(x, weight, bias, A, B, lam, gam, scaling: float, materialize: bool) -> torch.Tensor:
+def randlora_linear(
+    x, weight, bias, A, B, lam, gam, scaling: float, materialize: bool, keep_weight: bool = False
+) -> torch.Tensor:
     """Functional entry point: A, B are the layer's slices (r, d) and (D, n·r); λ, γ already in x's dtype."""
-    return RandLoRALinearFunction.apply(x, weight, bias, A, B, lam, gam, scaling, materialize)
+    return RandLoRALinearFunction.apply(x, weight, bias, A, B, lam, gam, scaling, materialize, keep_weight)

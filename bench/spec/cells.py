@@ -36,7 +36,7 @@ HASHED_IF_SET = {  # added later: at their defaults they stay out of the hash, s
 LR_SCHEDULES = ("constant", "cosine", "linear")
 BASIS_SEEDS = (None, "cell")
 # Method parameters the library added later, left out of the hash at their default for the same reason.
-METHOD_PARAMS_HASHED_IF_SET = {"n_bases": None, "accumulate": "micro_batch"}
+METHOD_PARAMS_HASHED_IF_SET = {"n_bases": None, "accumulate": "micro_batch", "keep_weight": False}
 COMPILE_SCOPES = ("model", "blocks")
 HASH_CHARS = 12
 
@@ -165,6 +165,7 @@ class MethodSpec:
         extras += [f"basis={kw['basis']}"] if kw.get("basis", "uniform") != "uniform" else []
         extras += [f"n_bases={kw['n_bases']}"] if kw.get("n_bases") is not None else []
         extras += [f"accumulate={kw['accumulate']}"] if kw.get("accumulate", "micro_batch") != "micro_batch" else []
+        extras += ["keep_weight"] if kw.get("keep_weight") else []
         return " ".join([text, *extras])
 
 

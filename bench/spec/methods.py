@@ -101,7 +101,7 @@ for _name, _description, _options in (
     (
         "randlora",
         "this project's RandLoRA; impl eager | compiled | sparse, basis uniform | normal | sparse | very_sparse | "
-        "sparse_2_4, accumulate micro_batch | window",
+        "sparse_2_4, accumulate micro_batch | window, keep_weight",
         {"accumulation_window": randlora.accumulation_window, "init_adapters": randlora.init_adapters},
     ),
 ):

@@ -86,7 +86,8 @@ class RandLoRALinear(AdapterLinear):
             return self.config.contraction
         tokens = x.numel() // self.in_features
         backward = torch.is_grad_enabled() and (x.requires_grad or self.randlora_lambda.requires_grad)
-        return choose_contraction(tokens, self.in_features, self.out_features, self.num_bases * self.r, backward)
+        rank = self.num_bases * self.r
+        return choose_contraction(tokens, self.in_features, self.out_features, rank, backward, self.config.keep_weight)
 
     def linear_function(self):
         """The function computing y = x W0ᵀ + b + x ΔWᵀ; faster impls override this."""
@@ -151,6 +152,8 @@ class RandLoRALinear(AdapterLinear):
                 base_out = F.linear(xc, weight, bias)
                 return base_out + fn(self.dropout(xc), None, None, A, B, lam, gam, 1.0, False)
             materialize = self.contraction(x) == "materialized"
+            if self.config.keep_weight:  # eager and compiled only (RandLoRAConfig checks)
+                return fn(xc, weight, bias, A, B, lam, gam, 1.0, materialize, True)
             return fn(xc, weight, bias, A, B, lam, gam, 1.0, materialize)
 
     def extra_repr(self) -> str:
