@@ -8,7 +8,9 @@
 λ and γ do not change between the micro-batches of one optimizer step, so a layer configured with
 `accumulate="window"` builds W0 + ΔW once when the window opens, runs every forward as one GEMM with it, lets
 autograd accumulate G = dL/d(W0 + ΔW) over the micro-batches, and projects G onto λ and γ once when the window
-closes (functional.window_weight / window_project). Per layer and optimizer step of m micro-batches of T tokens:
+closes (functional.window_weights / window_scaling_grads). Layers of one shape share A and B, so each such group
+opens and closes as one batch: a few kernels per group plus one GEMM per layer, not a dozen small kernels and an
+autograd call per layer, which made the window's open and close host-bound on a GPU. Per layer and optimizer step of m micro-batches of T tokens:
 
     per micro-batch (eager, materialised order)   6·T·D·d + 6·D·d·K     (build, rebuild, Bᵀ G every time)
     window                                         6·T·D·d per micro-batch + 4·D·d·K per window
@@ -35,14 +37,20 @@ from .model import adapter_layers
 def accumulation_window(model: nn.Module, dtype: torch.dtype | None = None) -> Iterator[None]:
     """One optimizer step's worth of micro-batches. `dtype`: what W0 + ΔW is built in (None: the frozen weight's
     dtype; under autocast pass autocast's, e.g. torch.bfloat16)."""
-    layers = [layer for _, layer in adapter_layers(model)]
-    for layer in layers:
-        layer.open_window(dtype)
+    groups: dict[tuple, list] = {}
+    for _, layer in adapter_layers(model):
+        key = layer.window_key(dtype)
+        if key is not None:
+            groups.setdefault((type(layer).open_windows, type(layer).close_windows, key), []).append(layer)
+    opened = []
     try:
+        for (open_windows, close_windows, _), layers in groups.items():
+            open_windows(layers, dtype)
+            opened.append((close_windows, layers))
         yield
     except BaseException:
-        for layer in layers:
-            layer.close_window(project=False)
+        for close_windows, layers in opened:
+            close_windows(layers, project=False)
         raise
-    for layer in layers:
-        layer.close_window(project=True)
+    for close_windows, layers in opened:
+        close_windows(layers, project=True)

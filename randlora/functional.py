@@ -59,25 +59,38 @@ def scaling_grads(g_As: torch.Tensor, A, lam, gam) -> tuple[torch.Tensor, torch.
     return g_lam, g_gam
 
 
-def window_weight(weight, A, B, lam, gam) -> torch.Tensor:
-    """W0 + ΔW on the (D, d) orientation, contiguous, as a fresh leaf that requires grad (the accumulation window).
+def window_weights(weights_Dd: list[torch.Tensor], A, B, lam: torch.Tensor, gam: torch.Tensor) -> list[torch.Tensor]:
+    """W0 + ΔW on the (D, d) orientation for g layers of one shape that share A and B, each a fresh contiguous leaf
+    that requires grad (the accumulation window).
 
-    weight (out, in) is W0; lam already holds s. Built without a graph (λ, γ are constant in the window):
-    2·D·d·K FLOPs once per window. Forward then uses it (transposed when in > out) and autograd accumulates
-    G = dL/d(W0 + ΔW)_Dd = Σ over the window's micro-batches into its .grad: 6·T·D·d per micro-batch, as full
-    fine-tuning.
+    weights_Dd: each layer's W0 as (D, d) (a transposed view when in > out); lam (g, r, n) already holds s, gam
+    (g, n, d). Built without a graph (λ, γ are constant in the window): 2·D·d·K FLOPs per layer once per window, the
+    g scaled bases in one batched product, then one addmm per layer. Forward then uses each weight (transposed when
+    in > out) and autograd accumulates G = dL/d(W0 + ΔW)_Dd = Σ over the window's micro-batches into its .grad:
+    6·T·D·d per micro-batch, as full fine-tuning.
     """
     with torch.no_grad():
-        w0 = weight if weight.shape[1] == A.shape[1] else weight.T  # (D, d)
-        w = torch.addmm(w0, B, scaled_A(A, lam, gam))
-    return w.requires_grad_()
+        As = _scaled_A_stack(A, lam, gam)  # (g, K, d)
+        return [torch.addmm(w0, B, a).requires_grad_() for w0, a in zip(weights_Dd, As)]
 
 
-def window_project(G: torch.Tensor, A, B, lam, gam) -> None:
-    """Backpropagates G = dL/dΔW_Dd (D, d) onto λ and γ: dL/dAs = Bᵀ G (2·D·d·K FLOPs, once per window), then
-    through As = scaled_A(A, lam, gam) by autograd (scaling_grads' two reductions), accumulating into the .grad of
-    the leaves lam and gam were made from."""
-    torch.autograd.backward(scaled_A(A, lam, gam), B.T @ G)
+def window_scaling_grads(Gs: list[torch.Tensor], A, B, lam: torch.Tensor, gam: torch.Tensor):
+    """(dL/dλ (g, r, n), dL/dγ (g, n, d)) from G = dL/dΔW_Dd (D, d) of g layers of one shape: dL/dAs = Bᵀ G (2·D·d·K
+    FLOPs per layer, once per window), then scaling_grads' two reductions for all g layers at once. lam holds s;
+    the caller takes the gradients back through s and the dtype cast to the parameters."""
+    with torch.no_grad():
+        g, (r, n), d = len(Gs), lam.shape[1:], gam.shape[-1]
+        dAs = torch.empty(g, r * n, d, device=Gs[0].device, dtype=Gs[0].dtype)
+        for G, out in zip(Gs, dAs):
+            torch.mm(B.T, G, out=out)
+        gA = dAs.view(g, r, n, d) * A.unsqueeze(1)  # (g, r, n, d)
+        return torch.einsum("gknd,gnd->gkn", gA, gam), torch.einsum("gknd,gkn->gnd", gA, lam)
+
+
+def _scaled_A_stack(A: torch.Tensor, lam: torch.Tensor, gam: torch.Tensor) -> torch.Tensor:
+    """scaled_A of g layers at once: lam (g, r, n), gam (g, n, d) -> (g, r·n, d)."""
+    g, r, n = lam.shape
+    return (lam.unsqueeze(-1) * A.unsqueeze(1) * gam.unsqueeze(1)).reshape(g, r * n, A.shape[1])
 
 
 def contraction_flops(

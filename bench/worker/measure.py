@@ -373,13 +373,15 @@ def _measure(cell: Cell, options: Options, out: dict) -> None:
         train.update(_throughput(cell, setup, precision, out["device"], step_times))
         train["loss_last"] = losses[-1].item() if setup.ranks is None else distributed.mean(losses[-1].item(), device)
 
-        mem.update(_breakdown(setup, precision, task, device))
+        # the profile before the breakdown: the breakdown's hooked passes recompile compiled blocks (and may reach
+        # dynamo's recompile limit, after which blocks run eagerly), so a profile after it would not show what was timed
         if options.profile_dir:
             from bench.worker import profiling as profile
 
             rank = setup.ranks.rank if setup.ranks else 0  # every rank steps (collectives); each its own trace
             folder = options.profile_dir + (f"/rank{rank}" if rank else "")
             profile.trace(setup.step, device, folder, step_s=statistics.median(step_times))
+        mem.update(_breakdown(setup, precision, task, device))
         if options.measure_ceiling:
             train.update(_ceiling(device, precision, train, cell.gpus))
         if task.evaluate is not None:

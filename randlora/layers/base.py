@@ -86,11 +86,18 @@ class AdapterLinear(nn.Module):
     def adapted_forward(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def open_window(self, dtype: torch.dtype | None) -> None:
-        """Start an accumulation window (randlora.accumulation_window); a layer without one does nothing."""
+    def window_key(self, dtype: torch.dtype | None):
+        """What groups this layer with others for an accumulation window (randlora.accumulation_window): layers of
+        one key open and close together (`open_windows`, `close_windows`); None: the layer takes no window."""
+        return None
 
-    def close_window(self, project: bool) -> None:
-        """End the window; with `project`, add the window's gradients to the trainables' .grad."""
+    @classmethod
+    def open_windows(cls, layers: list[AdapterLinear], dtype: torch.dtype | None) -> None:
+        """Start an accumulation window on `layers`, which share one window_key."""
+
+    @classmethod
+    def close_windows(cls, layers: list[AdapterLinear], project: bool) -> None:
+        """End the window of `layers`; with `project`, add the window's gradients to the trainables' .grad."""
 
     # --- shared behaviour ----------------------------------------------------------------------------------
     @property

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..bases import BasisBank, num_bases
 from ..errors import ConfigError
-from ..functional import choose_contraction, delta_weight, randlora_linear, window_project, window_weight
+from ..functional import choose_contraction, delta_weight, randlora_linear, window_scaling_grads, window_weights
 from ..layouts import features
 from ..registry import register
 from ..quantized import kind_of
@@ -99,9 +99,11 @@ class RandLoRALinear(AdapterLinear):
         return (self.randlora_lambda * self.scaling).to(dtype), self.randlora_gamma.to(dtype)
 
     # --- the accumulation window (randlora/accumulation.py) ------------------------------------------------
-    def open_window(self, dtype: torch.dtype | None) -> None:
+    def window_key(self, dtype: torch.dtype | None):
+        """Layers of one shape, orientation, basis bank and dtype share A and B: their window opens and closes as
+        one batch (one batched product for the scaled bases, one for the scaling gradients)."""
         if self.config.accumulate != "window" or self.merged or not self.enabled:
-            return
+            return None
         if self._window_weight is not None:
             raise ConfigError("an accumulation window is already open on this model; windows do not nest.")
         if self.quant is not None:
@@ -109,19 +111,53 @@ class RandLoRALinear(AdapterLinear):
                               "cannot take ΔW; use accumulate 'micro_batch' over a quantised base.")
         weight = self.weight_out_in
         dtype = dtype or weight.dtype
-        A, B = RandLoRALinear.bases(self, weight.device, dtype)  # dense: the window's two products are dense GEMMs
-        self._window_weight = window_weight(weight.to(dtype), A, B, *self._scalings(dtype))
+        return (self.d, self.D, self.r, self.num_bases, self.in_features <= self.out_features, id(self.bank),
+                self.scaling, str(weight.device), dtype, self.randlora_lambda.dtype, self.randlora_gamma.dtype)
 
-    def close_window(self, project: bool) -> None:
-        w = self._window_weight
-        if w is None:
+    @classmethod
+    def open_windows(cls, layers: list[RandLoRALinear], dtype: torch.dtype | None) -> None:
+        first = layers[0]
+        weight = first.weight_out_in
+        dtype = dtype or weight.dtype
+        A, B = RandLoRALinear.bases(first, weight.device, dtype)  # dense: the window's products are dense GEMMs
+        lam, gam = cls._stacked_scalings(layers, dtype)
+        d_is_in = first.in_features <= first.out_features
+        weights = [layer.weight_out_in.to(dtype) for layer in layers]
+        built = window_weights([w if d_is_in else w.T for w in weights], A, B, lam, gam)
+        for layer, w in zip(layers, built):
+            layer._window_weight = w
+
+    @classmethod
+    def close_windows(cls, layers: list[RandLoRALinear], project: bool) -> None:
+        weights = [layer._window_weight for layer in layers]
+        for layer in layers:
+            layer._window_weight = None
+        used = [(layer, w.grad) for layer, w in zip(layers, weights) if w is not None and w.grad is not None]
+        if not project or not used:
             return
-        self._window_weight = None
-        if not project or w.grad is None:
-            return
-        A, B = RandLoRALinear.bases(self, w.device, w.dtype)
-        with torch.enable_grad():
-            window_project(w.grad, A, B, *self._scalings(w.dtype))
+        layers, Gs = [layer for layer, _ in used], [G for _, G in used]
+        A, B = RandLoRALinear.bases(layers[0], Gs[0].device, Gs[0].dtype)
+        lam, gam = cls._stacked_scalings(layers, Gs[0].dtype)
+        g_lam, g_gam = window_scaling_grads(Gs, A, B, lam, gam)
+        scaling = layers[0].scaling
+        with torch.no_grad():
+            for layer, gl, gg in zip(layers, g_lam, g_gam):  # back through _scalings: the cast, then λ·s
+                for param, grad in ((layer.randlora_lambda, gl.to(layer.randlora_lambda.dtype) * scaling),
+                                    (layer.randlora_gamma, gg.to(layer.randlora_gamma.dtype))):
+                    if not param.requires_grad:
+                        continue
+                    if param.grad is None:
+                        param.grad = grad
+                    else:
+                        param.grad += grad
+
+    @staticmethod
+    def _stacked_scalings(layers: list[RandLoRALinear], dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """_scalings of every layer, stacked: λ·s (g, r, n) and γ (g, n, d) in `dtype`, without a graph."""
+        with torch.no_grad():
+            lam = torch.stack([layer.randlora_lambda for layer in layers])
+            gam = torch.stack([layer.randlora_gamma for layer in layers])
+            return (lam * layers[0].scaling).to(dtype), gam.to(dtype)
 
     def _window_forward(self, x: torch.Tensor) -> torch.Tensor:
         """y = x (W0 + ΔW)ᵀ + b with the window's weight; its gradient accumulates in the weight's .grad."""
