@@ -84,7 +84,10 @@ def window_scaling_grads(Gs: list[torch.Tensor], A, B, lam: torch.Tensor, gam: t
         for G, out in zip(Gs, dAs):
             torch.mm(B.T, G, out=out)
         gA = dAs.view(g, r, n, d) * A.unsqueeze(1)  # (g, r, n, d)
-        return torch.einsum("gknd,gnd->gkn", gA, gam), torch.einsum("gknd,gkn->gnd", gA, lam)
+        # contiguous: einsum may return permuted views, and a fused optimizer refuses gradients whose strides are
+        # not their parameters'
+        return (torch.einsum("gknd,gnd->gkn", gA, gam).contiguous(),
+                torch.einsum("gknd,gkn->gnd", gA, lam).contiguous())
 
 
 def _scaled_A_stack(A: torch.Tensor, lam: torch.Tensor, gam: torch.Tensor) -> torch.Tensor:

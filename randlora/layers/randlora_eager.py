@@ -143,7 +143,7 @@ class RandLoRALinear(AdapterLinear):
         with torch.no_grad():
             for layer, gl, gg in zip(layers, g_lam, g_gam):  # back through _scalings: the cast, then λ·s
                 for param, grad in ((layer.randlora_lambda, gl.to(layer.randlora_lambda.dtype) * scaling),
-                                    (layer.randlora_gamma, gg.to(layer.randlora_gamma.dtype))):
+                                    (layer.randlora_gamma, gg.to(layer.randlora_gamma.dtype, copy=True))):
                     if not param.requires_grad:
                         continue
                     if param.grad is None:

@@ -75,6 +75,27 @@ def test_window_weight_is_dropped_and_the_next_window_sees_new_scalings():
     torch.testing.assert_close(inside, model(batch[0]))  # built from the new λ, as the eager forward is
 
 
+@pytest.mark.parametrize("param_dtype", ["float32", "model"])
+def test_window_gradients_have_their_parameters_layout_for_a_fused_optimizer(param_dtype):
+    """CUDA's fused AdamW refuses a gradient whose strides are not its parameter's (the batched reductions returned
+    permuted views once); λ and γ of layers grouped in one batch also get gradients of their own, second window too."""
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Linear(12, 12), torch.nn.Tanh(), torch.nn.Linear(12, 12)).to(torch.bfloat16)
+    config = randlora.RandLoRAConfig(r=5, target_modules=["0", "2"], accumulate="window", param_dtype=param_dtype)
+    randlora.adapt(model, config)
+    randomize_(model, seed=2)
+    x = torch.randn(3, 12, dtype=torch.bfloat16)
+    for _ in range(2):
+        with randlora.accumulation_window(model):
+            model(x).square().mean().backward()
+    trained = {n: p for n, p in model.named_parameters() if "randlora_" in n}
+    assert trained and all(p.grad is not None for p in trained.values())
+    for name, p in trained.items():
+        assert p.grad.dtype == p.dtype and p.grad.shape == p.shape and p.grad.stride() == p.stride(), name
+    storages = {p.grad.untyped_storage().data_ptr() for p in trained.values()}
+    assert len(storages) == len(trained)  # no two gradients share memory
+
+
 def test_a_window_that_raises_leaves_grad_untouched():
     model = _model("eager", "uniform", "window")
     with pytest.raises(RuntimeError, match="boom"):
