@@ -60,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cells", nargs="*", default=None, help="cell hashes (prefixes) to show (default: every profiled cell)")
     parser.add_argument("--top", type=int, default=25, help="families to list before the rest are summed (default 25)")
     args = parser.parse_args(argv)
+    if args.top < 1:
+        parser.error(f"--top is {args.top}; it must be at least 1.")
+    if not args.run_dir.is_dir():
+        print(f"no run folder at {args.run_dir}; pass the folder `bench run --run-dir` wrote.", file=sys.stderr)
+        return 2
     traces = sorted((args.run_dir / "profiles").glob("*/trace.json"))
     if args.cells:
         traces = [t for t in traces if any(t.parent.name.startswith(c) for c in args.cells)]

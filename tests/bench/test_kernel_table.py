@@ -33,3 +33,5 @@ def test_the_table_sums_device_events_per_step_and_cell(tmp_path, capsys):
 def test_a_run_without_profiles_says_what_to_do(tmp_path, capsys):
     assert kernel_table.main([str(tmp_path)]) == 2
     assert "bench run --profile" in capsys.readouterr().err
+    assert kernel_table.main([str(tmp_path / "missing")]) == 2
+    assert "no run folder at" in capsys.readouterr().err
