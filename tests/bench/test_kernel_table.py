@@ -35,3 +35,15 @@ def test_a_run_without_profiles_says_what_to_do(tmp_path, capsys):
     assert "bench run --profile" in capsys.readouterr().err
     assert kernel_table.main([str(tmp_path / "missing")]) == 2
     assert "no run folder at" in capsys.readouterr().err
+
+
+def test_the_2_4_product_bench_says_why_it_cannot_run_without_a_gpu(capsys):
+    import pytest
+    import torch
+
+    from bench.tools import semi_structured_bench
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: the tool would time products")
+    assert semi_structured_bench.main([]) == 2
+    assert "CUDA GPU" in capsys.readouterr().err
