@@ -446,6 +446,11 @@ def resolve(values: dict) -> Cell:
             "drop basis_seed or use a RandLoRA method."
         )
     _check_quant(values)
+    if values["method"].kwargs.get("accumulate") == "window" and values.get("gpus", 1) > 1:
+        raise FieldError(
+            f"accumulate 'window' runs on one GPU: it builds each layer's W0 + ΔW whole, and with gpus {values['gpus']} "
+            "FSDP2 shards W0, λ and γ across ranks; set gpus: 1 or accumulate: micro_batch."
+        )
     uses_targets = methods.METHODS[values["method"].name].uses_targets
     return Cell(
         **{

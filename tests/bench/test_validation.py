@@ -210,3 +210,15 @@ def test_exclude_rules_are_checked_even_without_axes():
     assert error_of("include: [{method: full}]\nexclude: [{precision: fp8}]\n") == (
         f"grid.yaml, line 2: exclude[0].precision is 'fp8'; allowed values are {PRECISIONS}."
     )
+
+
+def test_a_window_over_several_ranks_is_refused_in_one_sentence():
+    """FSDP2 shards W0, λ and γ; the window builds W0 + ΔW whole (it failed inside DTensor's mul before this check)."""
+    from .conftest import one_cell
+
+    window = {"name": "randlora", "r": 8, "accumulate": "window"}
+    with pytest.raises(BenchError, match="accumulate 'window' runs on one GPU") as info:
+        one_cell(method=window, gpus=2, micro_batches=2)
+    assert "\n" not in str(info.value)
+    assert one_cell(method=window, micro_batches=2).gpus == 1
+    assert one_cell(method={"name": "randlora", "r": 8}, gpus=2).gpus == 2
