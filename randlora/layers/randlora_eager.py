@@ -21,6 +21,15 @@ from ..registry import register
 from ..quantized import kind_of
 from .base import AdapterLinear, autocast_off, compute_dtype
 
+def _sharded(tensor: torch.Tensor) -> bool:
+    """Whether `tensor` is a torch.distributed DTensor (a parameter FSDP2 has sharded)."""
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(tensor, DTensor)
+
+
 _PARAM_DTYPES = {"float32": lambda layer: torch.float32, "model": lambda layer: layer.float_dtype}
 
 
@@ -109,6 +118,9 @@ class RandLoRALinear(AdapterLinear):
         if self.quant is not None:
             raise ConfigError("RandLoRAConfig.accumulate is 'window' but a target has a quantised base, whose weight "
                               "cannot take ΔW; use accumulate 'micro_batch' over a quantised base.")
+        if any(_sharded(t) for t in (self.base.weight, self.randlora_lambda, self.randlora_gamma)):
+            raise ConfigError("RandLoRAConfig.accumulate is 'window' but this model's parameters are sharded (FSDP2 "
+                              "DTensors) and the window builds each W0 + ΔW whole; use accumulate 'micro_batch' there.")
         weight = self.weight_out_in
         dtype = dtype or weight.dtype
         return (self.d, self.D, self.r, self.num_bases, self.in_features <= self.out_features, id(self.bank),

@@ -170,3 +170,21 @@ def test_compiled_blocks_trace_the_window_without_breaks_or_a_recompile_per_wind
     for step in range(3):
         for name, want in grads["eager", step].items():
             torch.testing.assert_close(grads["compiled", step][name], want, rtol=1e-10, atol=1e-12, msg=name)
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
+def test_a_window_over_fsdp2_sharded_parameters_is_refused_naming_the_field(tmp_path):
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        model = _model("eager", "uniform", "window").float()
+        fully_shard(model, mesh=init_device_mesh("cpu", (1,)))
+        with pytest.raises(randlora.ConfigError, match="accumulate is 'window' but this model's parameters are sharded"):
+            with randlora.accumulation_window(model):
+                pass
+        assert all(layer._window_weight is None for _, layer in randlora.adapter_layers(model))
+    finally:
+        dist.destroy_process_group()
