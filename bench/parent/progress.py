@@ -31,13 +31,15 @@ def summary_line(record: Record) -> str:
 
 
 def _compile_warnings(train: dict) -> str:
-    """What makes a compiled cell's speed not the compiled speed: graph breaks (its regions ran in pieces) and
-    graphs compiled while it was timed."""
+    """What makes a compiled cell's speed not the compiled speed: graph breaks (its regions ran in pieces), graphs
+    compiled while it was timed, and dynamo's recompile limit reached (code ran eagerly from then on)."""
     notes = []
     if train.get("graph_breaks"):
         notes.append(f"{train['graph_breaks']} graph breaks")
     if train.get("recompiles_measured"):
         notes.append(f"{train['recompiles_measured']} recompiles while timed")
+    if train.get("recompile_limit_hits"):
+        notes.append(f"dynamo's recompile limit hit {train['recompile_limit_hits']} times (code ran eagerly after)")
     return f"  ({', '.join(notes)}: not the compiled speed)" if notes else ""
 
 

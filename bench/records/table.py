@@ -97,6 +97,8 @@ COLUMNS: tuple[Column, ...] = (
     ),
     _c("graph_breaks", "Int64", "train.graph_breaks",
        "graph breaks dynamo hit in this cell (0 when every compiled region is one graph; more: pieces run apart)"),
+    _c("recompile_limit_hits", "Int64", "train.recompile_limit_hits",
+       "times dynamo reached its recompile limit before the cell's timing ended (more than 0: code ran eagerly after)"),
     _c("flops_per_step", "float64", "train.flops_per_step", "model FLOPs of a step (metrics.model_flops_per_step)"),
     _c("peak_flops", "float64", "train.peak_flops", "the GPU's datasheet peak for the precision; null if unknown"),
     _c("mfu", "float64", "train.mfu", "achieved model FLOP/s over peak_flops"),

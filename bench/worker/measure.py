@@ -29,6 +29,7 @@ from torch import nn
 from randlora import regional
 from randlora.layouts import features, is_linear
 
+from bench.worker import compile_watch
 from bench.worker import distributed
 from bench.worker import memory
 from bench.worker import meta_build
@@ -343,6 +344,7 @@ def _measure(cell: Cell, options: Options, out: dict) -> None:
         stack.callback(lambda: mem.update(sampler.read()))  # also after a failure
         peaks = memory.TorchPeaks(device)
         breaks_before = _graph_breaks()
+        limit_watch = stack.enter_context(compile_watch.RecompileLimitWatch())
         setup = _set_up(cell, device, precision, task, train)
 
         with timing.wall_clock(device, train, "first_step_s"):
@@ -368,6 +370,7 @@ def _measure(cell: Cell, options: Options, out: dict) -> None:
             step_times = step_times[late:]
         train["recompiles_measured"] = _compiled_graphs() - graphs_before
         train["graph_breaks"] = _graph_breaks() - breaks_before
+        train["recompile_limit_hits"] = limit_watch.hits  # set-up, warm-up and measured steps: what was timed
         _check_finite(losses, "measured")
         mem.update(peaks.read())
         train.update(_throughput(cell, setup, precision, out["device"], step_times))

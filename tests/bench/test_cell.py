@@ -289,7 +289,7 @@ def test_a_compiled_cell_counts_its_graph_breaks(monkeypatch):
     from randlora.layers import base
 
     ok = run(one_cell(method={"name": "randlora", "impl": "compiled", "r": 4}, steps=2), Options())
-    assert ok["status"] == "ok" and ok["train"]["graph_breaks"] == 0
+    assert ok["status"] == "ok" and ok["train"]["graph_breaks"] == 0 and ok["train"]["recompile_limit_hits"] == 0
     compute_dtype = base.compute_dtype
 
     def breaking(x):
@@ -302,3 +302,17 @@ def test_a_compiled_cell_counts_its_graph_breaks(monkeypatch):
     torch._dynamo.reset()
     broken = run(one_cell(method={"name": "lora", "r": 4}, compile=True, compile_scope="blocks", steps=2), Options())
     assert broken["status"] == "ok" and broken["train"]["graph_breaks"] > 0
+
+
+def test_a_compiled_cell_counts_the_times_dynamo_gave_up_recompiling(monkeypatch):
+    """Dynamo runs code eagerly once it reaches its recompile limit, with no error and no counter: the cell counts
+    the warning. tiny-llama's first block gets an input without grad and the second one with it: two graphs of one
+    code object, one more than a limit of 1 allows."""
+    from bench.parent.progress import _compile_warnings
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    result = run(one_cell(method={"name": "lora", "r": 4}, compile=True, compile_scope="blocks", steps=2), Options())
+    torch._dynamo.reset()
+    assert result["status"] == "ok" and result["train"]["recompile_limit_hits"] > 0
+    assert "recompile limit hit" in _compile_warnings(result["train"])
