@@ -21,6 +21,18 @@ from ..registry import register
 from ..quantized import kind_of
 from .base import AdapterLinear, autocast_off, compute_dtype
 
+WINDOW_BATCH_BYTES = 512 * 2**20  # the stacked (g, n·r, d) temporaries of one batch of a window's open or close
+
+
+def _batches(layers: list, dtype: torch.dtype) -> list[list]:
+    """`layers` (one window group, one shape) in batches whose stacked scaled bases stay under WINDOW_BATCH_BYTES:
+    one batch for all 22 q_proj of a 1.1B model, two for the 32 gate_proj of an 8B one."""
+    first = layers[0]
+    per_layer = first.num_bases * first.r * first.d * torch.empty((), dtype=dtype).element_size()
+    size = max(1, WINDOW_BATCH_BYTES // per_layer)
+    return [layers[i: i + size] for i in range(0, len(layers), size)]
+
+
 def _sharded(tensor: torch.Tensor) -> bool:
     """Whether `tensor` is a torch.distributed DTensor (a parameter FSDP2 has sharded)."""
     if not torch.distributed.is_available():
@@ -132,12 +144,13 @@ class RandLoRALinear(AdapterLinear):
         weight = first.weight_out_in
         dtype = dtype or weight.dtype
         A, B = RandLoRALinear.bases(first, weight.device, dtype)  # dense: the window's products are dense GEMMs
-        lam, gam = cls._stacked_scalings(layers, dtype)
         d_is_in = first.in_features <= first.out_features
-        weights = [layer.weight_out_in.to(dtype) for layer in layers]
-        built = window_weights([w if d_is_in else w.T for w in weights], A, B, lam, gam)
-        for layer, w in zip(layers, built):
-            layer._window_weight = w
+        for batch in _batches(layers, dtype):
+            lam, gam = cls._stacked_scalings(batch, dtype)
+            weights = [layer.weight_out_in.to(dtype) for layer in batch]
+            built = window_weights([w if d_is_in else w.T for w in weights], A, B, lam, gam)
+            for layer, w in zip(batch, built):
+                layer._window_weight = w
 
     @classmethod
     def close_windows(cls, layers: list[RandLoRALinear], project: bool) -> None:
@@ -147,10 +160,17 @@ class RandLoRALinear(AdapterLinear):
         used = [(layer, w.grad) for layer, w in zip(layers, weights) if w is not None and w.grad is not None]
         if not project or not used:
             return
-        layers, Gs = [layer for layer, _ in used], [G for _, G in used]
-        A, B = RandLoRALinear.bases(layers[0], Gs[0].device, Gs[0].dtype)
-        lam, gam = cls._stacked_scalings(layers, Gs[0].dtype)
-        g_lam, g_gam = window_scaling_grads(Gs, A, B, lam, gam)
+        grads = dict(used)
+        dtype = used[0][1].dtype
+        A, B = RandLoRALinear.bases(used[0][0], used[0][1].device, dtype)
+        for batch in _batches([layer for layer, _ in used], dtype):
+            lam, gam = cls._stacked_scalings(batch, dtype)
+            g_lam, g_gam = window_scaling_grads([grads[layer] for layer in batch], A, B, lam, gam)
+            cls._add_scaling_grads(batch, g_lam, g_gam)
+
+    @staticmethod
+    def _add_scaling_grads(layers: list[RandLoRALinear], g_lam: torch.Tensor, g_gam: torch.Tensor) -> None:
+        """Adds dL/dλ·s, dL/dγ (stacked, compute dtype) to each layer's λ.grad, γ.grad, back through _scalings."""
         scaling = layers[0].scaling
         with torch.no_grad():
             for layer, gl, gg in zip(layers, g_lam, g_gam):  # back through _scalings: the cast, then λ·s

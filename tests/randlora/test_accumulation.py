@@ -188,3 +188,35 @@ def test_a_window_over_fsdp2_sharded_parameters_is_refused_naming_the_field(tmp_
         assert all(layer._window_weight is None for _, layer in randlora.adapter_layers(model))
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("batch_bytes", [1, None], ids=["a-batch-per-layer", "one-batch"])
+def test_layers_of_one_shape_batched_or_not_get_the_eager_sum(monkeypatch, batch_bytes):
+    """Three layers of one shape open and close as one batch, or (a tiny WINDOW_BATCH_BYTES) one batch each: either
+    way λ, γ get the eager impl's summed gradients over two micro-batches, in float64."""
+    from randlora.layers import randlora_eager
+
+    if batch_bytes is not None:
+        monkeypatch.setattr(randlora_eager, "WINDOW_BATCH_BYTES", batch_bytes)
+
+    def stack(accumulate):
+        torch.manual_seed(3)
+        layers = [torch.nn.Linear(10, 10) for _ in range(3)]
+        model = torch.nn.Sequential(*[m for layer in layers for m in (layer, torch.nn.Tanh())]).double()
+        config = randlora.RandLoRAConfig(r=3, target_modules=["0", "2", "4"], accumulate=accumulate,
+                                         param_dtype="model")
+        randlora.adapt(model, config)
+        randomize_(model, seed=4)
+        return model
+
+    xs = [torch.randn(4, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    grads = {}
+    for accumulate in ("micro_batch", "window"):
+        model = stack(accumulate)
+        with randlora.accumulation_window(model):
+            for x in xs:
+                model(x).square().mean().backward()
+        grads[accumulate] = _grads(model)
+    assert len(grads["window"]) == 6
+    for name, want in grads["micro_batch"].items():
+        torch.testing.assert_close(grads["window"][name], want, rtol=1e-10, atol=1e-12, msg=name)
