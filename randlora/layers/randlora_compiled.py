@@ -7,6 +7,11 @@ on an H200 (Llama 1.1B shapes, batch 8 × 1024, `reports/compiled-impl-h200/`): 
 compiling the adapter function alone, layer by layer, ran 0.82× (a dynamo-guarded call per layer costs more host
 time than its fusions save).
 
+Traced into a block, the materialised order keeps W0 + ΔW from forward for backward instead of rebuilding it
+(AOTAutograd merges the backward's rebuild with the forward's build and its min-cut partitioner saves the result):
+what `RandLoRAConfig(keep_weight=True)` asks of the eager impl, here without asking, for one weight-sized tensor per
+such layer held from forward to backward (tests/randlora/test_keep_weight.py; reports/perf3-h200/).
+
 Adapted layers outside any repeated block (a lone layer, a head) run that per-layer compiled function:
 `torch.compile(fullgraph=True, dynamic=True)`; fullgraph=True makes a graph break inside the adapter an error
 instead of a silent slowdown, and dynamic=True compiles one graph for every token count and every layer shape.

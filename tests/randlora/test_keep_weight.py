@@ -113,3 +113,30 @@ def test_keep_weight_is_refused_where_the_impl_cannot_keep_it(impl):
 def test_keep_weight_must_be_a_bool():
     with pytest.raises(ConfigError, match="keep_weight is 'yes'; it must be true or false"):
         randlora.RandLoRAConfig(keep_weight="yes")
+
+
+def test_compiled_graphs_keep_the_weight_without_being_asked():
+    """Under torch.compile (inductor's min-cut partitioner) the backward of the materialised order has no rebuild:
+    AOTAutograd merges it with the forward's build and saves W0 + ΔW, so keep_weight changes only the eager impl
+    (measured: reports/perf3-h200/). Should torch stop doing this, the compiled impl rebuilds again and this fails."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._functorch.partitioners import min_cut_rematerialization_partition
+
+    backward_ops = []
+
+    def backward_compiler(gm, example_inputs):
+        backward_ops.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return make_boxed_func(gm.forward)
+
+    backend = aot_autograd(fw_compiler=lambda gm, _: make_boxed_func(gm.forward), bw_compiler=backward_compiler,
+                           partition_fn=min_cut_rematerialization_partition)
+    torch.manual_seed(0)
+    A, B, W = torch.randn(4, 16), torch.randn(24, 16), torch.randn(24, 16)
+    lam, gam = torch.randn(4, 4, requires_grad=True), torch.randn(4, 16, requires_grad=True)
+    x = torch.randn(8, 16, requires_grad=True)
+    torch._dynamo.reset()
+    f = torch.compile(lambda x, lam, gam: randlora_linear(x, W, None, A, B, lam, gam, 1.0, True), backend=backend)
+    f(x, lam, gam).sum().backward()
+    torch._dynamo.reset()
+    assert backward_ops and not any("addmm" in op for op in backward_ops)
