@@ -89,10 +89,6 @@ class CompiledRandLoRALinear(RandLoRALinear):
                 stacklevel=3,
             )
 
-    def keeps_weight(self) -> bool:
-        """Compiled graphs keep W0 + ΔW from forward (module docstring), so the FLOP model counts no rebuild."""
-        return True
-
     def linear_function(self):
         if self.in_compiled_block or torch.compiler.is_compiling():
             return randlora_linear  # traced into the enclosing graph

@@ -108,11 +108,7 @@ class RandLoRALinear(AdapterLinear):
         tokens = x.numel() // self.in_features
         backward = torch.is_grad_enabled() and (x.requires_grad or self.randlora_lambda.requires_grad)
         rank = self.num_bases * self.r
-        return choose_contraction(tokens, self.in_features, self.out_features, rank, backward, self.keeps_weight())
-
-    def keeps_weight(self) -> bool:
-        """Whether the materialised order keeps W0 + ΔW from forward for backward (no rebuild), for the FLOP model."""
-        return self.config.keep_weight
+        return choose_contraction(tokens, self.in_features, self.out_features, rank, backward, self.config.keep_weight)
 
     def linear_function(self):
         """The function computing y = x W0ᵀ + b + x ΔWᵀ; faster impls override this."""
