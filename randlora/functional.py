@@ -39,9 +39,10 @@ import torch.nn.functional as F
 
 
 def scaled_A(A: torch.Tensor, lam: torch.Tensor, gam: torch.Tensor) -> torch.Tensor:
-    """As (r·n, d) with As[k·n + j, c] = λ[k, j] · A[k, c] · γ[j, c]."""
-    r, n = lam.shape
-    return (lam.unsqueeze(-1) * A.unsqueeze(1) * gam.unsqueeze(0)).reshape(r * n, A.shape[1])
+    """As (r·n, d) with As[k·n + j, c] = λ[k, j] · A[k, c] · γ[j, c]; with λ (g, r, n) and γ (g, n, d), the g
+    layers' (g, r·n, d) at once."""
+    r, n = lam.shape[-2:]
+    return (lam.unsqueeze(-1) * A.unsqueeze(1) * gam.unsqueeze(-3)).reshape(*lam.shape[:-2], r * n, A.shape[1])
 
 
 def delta_weight(A, B, lam, gam, scaling: float, in_features: int, out_features: int) -> torch.Tensor:
@@ -51,11 +52,12 @@ def delta_weight(A, B, lam, gam, scaling: float, in_features: int, out_features:
 
 
 def scaling_grads(g_As: torch.Tensor, A, lam, gam) -> tuple[torch.Tensor, torch.Tensor]:
-    """(dL/dλ (r, n), dL/dγ (n, d)) from dL/dAs (r·n, d), through one (r, n, d) temporary."""
-    r, n = lam.shape
-    gA = g_As.view(r, n, -1) * A.unsqueeze(1)  # (r, n, d)
-    g_lam = torch.einsum("knd,nd->kn", gA, gam)  # (r, n)
-    g_gam = torch.einsum("knd,kn->nd", gA, lam)  # (n, d)
+    """(dL/dλ (r, n), dL/dγ (n, d)) from dL/dAs (r·n, d), through one (r, n, d) temporary; with a leading layer
+    dimension g on all three (λ (g, r, n), γ (g, n, d)), the g layers' at once."""
+    r, n = lam.shape[-2:]
+    gA = g_As.view(*g_As.shape[:-2], r, n, -1) * A.unsqueeze(1)  # (..., r, n, d)
+    g_lam = torch.einsum("...knd,...nd->...kn", gA, gam)  # (..., r, n)
+    g_gam = torch.einsum("...knd,...kn->...nd", gA, lam)  # (..., n, d)
     return g_lam, g_gam
 
 
@@ -70,7 +72,7 @@ def window_weights(weights_Dd: list[torch.Tensor], A, B, lam: torch.Tensor, gam:
     6·T·D·d per micro-batch, as full fine-tuning.
     """
     with torch.no_grad():
-        As = _scaled_A_stack(A, lam, gam)  # (g, K, d)
+        As = scaled_A(A, lam, gam)  # (g, K, d)
         return [torch.addmm(w0, B, a).requires_grad_() for w0, a in zip(weights_Dd, As)]
 
 
@@ -79,21 +81,14 @@ def window_scaling_grads(Gs: list[torch.Tensor], A, B, lam: torch.Tensor, gam: t
     FLOPs per layer, once per window), then scaling_grads' two reductions for all g layers at once. lam holds s;
     the caller takes the gradients back through s and the dtype cast to the parameters."""
     with torch.no_grad():
-        g, (r, n), d = len(Gs), lam.shape[1:], gam.shape[-1]
-        dAs = torch.empty(g, r * n, d, device=Gs[0].device, dtype=Gs[0].dtype)
+        r, n = lam.shape[-2:]
+        dAs = torch.empty(len(Gs), r * n, gam.shape[-1], device=Gs[0].device, dtype=Gs[0].dtype)
         for G, out in zip(Gs, dAs):
             torch.mm(B.T, G, out=out)
-        gA = dAs.view(g, r, n, d) * A.unsqueeze(1)  # (g, r, n, d)
+        g_lam, g_gam = scaling_grads(dAs, A, lam, gam)
         # contiguous: einsum may return permuted views, and a fused optimizer refuses gradients whose strides are
         # not their parameters'
-        return (torch.einsum("gknd,gnd->gkn", gA, gam).contiguous(),
-                torch.einsum("gknd,gkn->gnd", gA, lam).contiguous())
-
-
-def _scaled_A_stack(A: torch.Tensor, lam: torch.Tensor, gam: torch.Tensor) -> torch.Tensor:
-    """scaled_A of g layers at once: lam (g, r, n), gam (g, n, d) -> (g, r·n, d)."""
-    g, r, n = lam.shape
-    return (lam.unsqueeze(-1) * A.unsqueeze(1) * gam.unsqueeze(1)).reshape(g, r * n, A.shape[1])
+        return g_lam.contiguous(), g_gam.contiguous()
 
 
 def contraction_flops(

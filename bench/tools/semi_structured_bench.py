@@ -18,7 +18,6 @@ handling; this isolates the products.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 
 import torch
@@ -26,22 +25,9 @@ import torch
 from randlora.bases import BasisBank
 from randlora.kernels.semi_structured import SemiStructuredBasis, unavailable_reason
 
+from bench.tools.sparse_gpu_check import time_ms
+
 SHAPES = {"q/o": (4096, 4096), "k/v": (4096, 1024), "mlp": (14336, 4096)}  # name: (D, d); K = d (r 32, full rank)
-
-
-def device_ms(fn, repeats: int = 20, warmup: int = 5) -> float:
-    """Median milliseconds of `fn()` on the current CUDA device."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def rows(device: torch.device, dtype: torch.dtype, r: int = 32):
@@ -62,7 +48,7 @@ def rows(device: torch.device, dtype: torch.dtype, r: int = 32):
             "project": (lambda: torch.mm(B.T, G), lambda: sparse.t_mm(G)),
         }
         for product, (dense_fn, sparse_fn) in pairs.items():
-            dense_ms, sparse_ms = device_ms(dense_fn), device_ms(sparse_fn)
+            (dense_ms, _, _), (sparse_ms, _, _) = time_ms(dense_fn, reps=20), time_ms(sparse_fn, reps=20)
             yield name, (D, d, K), product, dense_ms, sparse_ms, flops
 
 
